@@ -1,0 +1,30 @@
+# The two commands of the README's quick start, plus a few helpers. Each target installs what it
+# needs into .venv (ignored by git) the first time; only Python 3.11+ and make are required.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum requirements/test.txt | cut -d' ' -f1)
+
+.PHONY: demo test lint clean
+
+## demo: generate a service with Sentry, run it, cause an error and show the captured event
+demo: $(STAMP)
+	$(PY) scripts/demo.py $(ARGS)
+
+## test: the template's whole test suite (both variants generated, installed and tested for real)
+test: $(STAMP)
+	$(PY) -m pytest
+
+## lint: ruff over the hooks, tests and scripts of the template itself
+lint: $(STAMP)
+	$(VENV)/bin/ruff check hooks tests scripts
+	$(VENV)/bin/ruff format --check hooks tests scripts
+
+$(STAMP): requirements/test.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11 or newer is needed: run make PYTHON=python3.11 ..." or 0)'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/test.txt
+	@rm -f $(VENV)/.installed-* && touch $@
+
+clean:
+	rm -rf $(VENV) demo .pytest_cache

@@ -1,0 +1,131 @@
+"""Remove the files the answers leave out, then check the generated project.
+
+The optional files are listed once, in `_optional_files` in cookiecutter.json: for each yes/no
+variable, the files and directories that exist only when it is "yes". The tests read the same
+manifest. Running `main()` twice is harmless: removing a missing file is not an error, and the
+checks only read.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+# Rendered by cookiecutter; left as raw Jinja when this module is imported by the tests.
+ANSWERS_JSON = r"""{{ cookiecutter | tojson }}"""
+# The rest is not rendered (it names template syntax itself): {% raw %}
+
+# Any Jinja opener, or a closing tag; `}}` alone is ordinary Python or JSON.
+TEMPLATE_SYNTAX = re.compile(r"\{\{|\{%|%\}|\{#")
+# GitHub Actions expressions look like Jinja but belong in workflow files.
+ACTIONS_EXPRESSION = re.compile(r"\$\{\{.*?\}\}")
+SKIPPED_DIRS = {".git", ".venv", "__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
+
+
+def project_files(root: Path) -> list[Path]:
+    return sorted(
+        path
+        for path in root.rglob("*")
+        if path.is_file() and not SKIPPED_DIRS.intersection(path.relative_to(root).parts)
+    )
+
+
+def excluded_files(answers: dict[str, object], manifest: dict[str, list[str]]) -> list[str]:
+    """The manifest's files whose variable was answered "no"."""
+    return [
+        name
+        for variable, names in manifest.items()
+        if answers.get(variable) != "yes"
+        for name in names
+    ]
+
+
+def remove_files(root: Path, names: list[str]) -> None:
+    """Remove each listed file or directory; one that is already gone is fine."""
+    for name in names:
+        path = root / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def template_debris(root: Path) -> list[str]:
+    """Files that still hold template syntax, with the first offending line."""
+    found = []
+    for path in project_files(root):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue
+        for number, line in enumerate(text.splitlines(), start=1):
+            if ".github" in path.relative_to(root).parts:
+                line = ACTIONS_EXPRESSION.sub("", line)
+            if TEMPLATE_SYNTAX.search(line):
+                found.append(f"{path.relative_to(root)}:{number}: {line.strip()}")
+                break
+    return found
+
+
+def mentions(root: Path, word: str) -> list[str]:
+    """Files whose name or text mentions `word`, ignoring case."""
+    word = word.lower()
+    found = []
+    for path in project_files(root):
+        relative = str(path.relative_to(root))
+        if word in relative.lower():
+            found.append(relative)
+            continue
+        try:
+            if word in path.read_text(encoding="utf-8").lower():
+                found.append(relative)
+        except UnicodeDecodeError:
+            continue
+    return found
+
+
+def missing_files(root: Path, names: list[str]) -> list[str]:
+    return [name for name in names if not (root / name).exists()]
+
+
+def check(root: Path, answers: dict[str, object], manifest: dict[str, list[str]]) -> list[str]:
+    """Everything wrong with the generated tree, as readable messages."""
+    problems = [f"template syntax left in {where}" for where in template_debris(root)]
+    for variable, names in manifest.items():
+        if answers.get(variable) == "yes":
+            problems += [
+                f"{name} is missing although {variable}=yes" for name in missing_files(root, names)
+            ]
+        else:
+            topic = variable.removeprefix("include_")
+            problems += [
+                f"{where} mentions {topic!r} although {variable}=no"
+                for where in mentions(root, topic)
+            ]
+    return problems
+
+
+def main(root: Path | None = None) -> int:
+    root = root or Path.cwd()
+    answers = json.loads(ANSWERS_JSON)
+    manifest = answers["_optional_files"]
+    remove_files(root, excluded_files(answers, manifest))
+    problems = check(root, answers, manifest)
+    for problem in problems:
+        print(f"ERROR: {problem}", file=sys.stderr)
+    if problems:
+        print(
+            "The generated project failed its self-check; it has been removed. "
+            "This is a bug in the template: please report it.",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+# {% endraw %}

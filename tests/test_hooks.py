@@ -1,0 +1,153 @@
+"""The hooks' functions, called directly (the hooks are importable before rendering)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.support.template import OPTIONAL_FILES, TEMPLATE_DIR
+
+
+def load_hook(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, TEMPLATE_DIR / "hooks" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+pre = load_hook("pre_gen_project")
+post = load_hook("post_gen_project")
+
+GOOD_ANSWERS = {
+    "project_name": "My Service",
+    "project_slug": "my-service",
+    "description": "Does things.",
+    "author_name": "Ada",
+    "author_email": "ada@example.com",
+    "include_sentry": "no",
+}
+
+
+@pytest.mark.parametrize("slug", ["svc", "my-service", "billing_api", "api2", "a1-b2_c3"])
+def test_good_slugs_pass(slug: str) -> None:
+    assert pre.check_slug(slug) is None
+
+
+@pytest.mark.parametrize("slug", ["", "My-Service", "2api", "a--b", "a_", "-a", "a b", "a.b", "ä"])
+def test_bad_slugs_name_the_value(slug: str) -> None:
+    message = pre.check_slug(slug)
+    assert message and repr(slug) in message, message
+
+
+@pytest.mark.parametrize("email", ["", "ada@example.com", "first.last+tag@sub.example.org"])
+def test_good_or_empty_emails_pass(email: str) -> None:
+    assert pre.check_email(email) is None
+
+
+@pytest.mark.parametrize("email", ["ada", "ada@", "@example.com", "a b@example.com", 'a"@x.io'])
+def test_bad_emails_name_the_value(email: str) -> None:
+    message = pre.check_email(email)
+    assert message and repr(email) in message, message
+
+
+def test_good_answers_have_no_problems() -> None:
+    assert pre.problems(GOOD_ANSWERS) == []
+
+
+def test_every_problem_is_listed() -> None:
+    answers = {**GOOD_ANSWERS, "project_slug": "X", "include_sentry": "sure", "description": ""}
+    found = pre.problems(answers)
+    assert len(found) == 3, found
+
+
+def test_pre_main_reports_and_fails(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(pre, "ANSWERS_JSON", json.dumps({**GOOD_ANSWERS, "project_slug": "A"}))
+    assert pre.main() == 1
+    assert "project_slug 'A'" in capsys.readouterr().err
+    monkeypatch.setattr(pre, "ANSWERS_JSON", json.dumps(GOOD_ANSWERS))
+    assert pre.main() == 0
+
+
+MANIFEST = {"include_sentry": ["app/sentry.py", "docs/sentry.md", "tests/sentry"]}
+
+
+def make_tree(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def test_excluded_files_follow_the_answers() -> None:
+    assert post.excluded_files({"include_sentry": "no"}, MANIFEST) == MANIFEST["include_sentry"]
+    assert post.excluded_files({"include_sentry": "yes"}, MANIFEST) == []
+
+
+def test_remove_files_is_idempotent(tmp_path: Path) -> None:
+    make_tree(tmp_path, {"app/sentry.py": "x", "app/main.py": "y", "tests/sentry/test_a.py": ""})
+    post.remove_files(tmp_path, MANIFEST["include_sentry"])
+    post.remove_files(tmp_path, MANIFEST["include_sentry"])
+    assert not (tmp_path / "app/sentry.py").exists() and (tmp_path / "app/main.py").exists()
+    assert not (tmp_path / "tests/sentry").exists(), "listed directories are removed whole"
+
+
+def test_debris_is_found_but_actions_expressions_are_not(tmp_path: Path) -> None:
+    make_tree(
+        tmp_path,
+        {
+            ".github/workflows/ci.yml": "run: echo ${{ secrets.TOKEN }}\n",
+            "README.md": "# Title\n\nHello {{ cookiecutter.project_name }}\n",
+            "app/x.py": "d = {'a': {'b': 1}}\n",
+        },
+    )
+    assert post.template_debris(tmp_path) == ["README.md:3: Hello {{ cookiecutter.project_name }}"]
+
+
+def test_mentions_look_at_names_and_text(tmp_path: Path) -> None:
+    make_tree(tmp_path, {"app/sentry_extra.py": "", "README.md": "Uses SENTRY", "ok.txt": "fine"})
+    assert post.mentions(tmp_path, "sentry") == ["README.md", "app/sentry_extra.py"]
+
+
+def test_check_reports_missing_and_leftover_files(tmp_path: Path) -> None:
+    make_tree(tmp_path, {"app/sentry.py": "import sentry_sdk\n", "tests/sentry/t.py": ""})
+    yes = post.check(tmp_path, {"include_sentry": "yes"}, MANIFEST)
+    assert yes == ["docs/sentry.md is missing although include_sentry=yes"], yes
+    (tmp_path / "tests/sentry/t.py").unlink()
+    (tmp_path / "tests/sentry").rmdir()
+    no = post.check(tmp_path, {"include_sentry": "no"}, MANIFEST)
+    assert no == ["app/sentry.py mentions 'sentry' although include_sentry=no"], no
+
+
+def test_post_main_cleans_and_can_run_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_tree(tmp_path, {"app/sentry.py": "x", "docs/sentry.md": "x", "app/main.py": "pass\n"})
+    make_tree(tmp_path, {"tests/sentry/conftest.py": "x"})
+    answers = {"include_sentry": "no", "_optional_files": MANIFEST}
+    monkeypatch.setattr(post, "ANSWERS_JSON", json.dumps(answers))
+    assert post.main(tmp_path) == 0
+    assert post.main(tmp_path) == 0, "a second run must succeed too"
+    assert sorted(p.name for p in tmp_path.rglob("*.py")) == ["main.py"]
+
+
+def test_post_main_fails_loudly_on_a_bad_tree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_tree(tmp_path, {"app/main.py": "# {% if x %}\n"})
+    answers = {"include_sentry": "yes", "_optional_files": MANIFEST}
+    monkeypatch.setattr(post, "ANSWERS_JSON", json.dumps(answers))
+    assert post.main(tmp_path) == 1
+    err = capsys.readouterr().err
+    assert "template syntax left in app/main.py:1" in err and "app/sentry.py is missing" in err
+
+
+def test_the_real_manifest_is_what_the_hook_reads() -> None:
+    assert "_optional_files" in (TEMPLATE_DIR / "cookiecutter.json").read_text()
+    assert OPTIONAL_FILES["include_sentry"], "the manifest must list the Sentry-only files"

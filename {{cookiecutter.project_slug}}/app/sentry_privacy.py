@@ -1,0 +1,199 @@
+"""What must never leave the process in an error report, and the scrubber that enforces it.
+
+Everything Sentry would send (errors, transactions, breadcrumbs) passes through `scrub_event` or
+`scrub_breadcrumb` first. Two rules, applied at any depth:
+
+1. A value whose key *contains* one of `SENSITIVE_KEY_PARTS` is replaced with `FILTERED`. This
+   covers headers (`Authorization`, `X-Api-Key`), cookies, query parameters, JSON and form fields
+   (`stripe_secret_key`, `refresh_token`), stack-frame local variables, `extra`, contexts, tags and
+   breadcrumb data. Lists of `[name, value]` pairs (raw ASGI headers, parsed query strings) count as
+   keys and values too.
+2. Any string, whatever its key, has credential-looking parts replaced: bearer tokens, JWTs,
+   passwords in URLs, sensitive query parameters inside URLs, well-known API key formats, and email
+   addresses. The only email kept is the user's, which the app sets on purpose.
+
+To protect another field, add a word to `SENSITIVE_KEY_PARTS`; to recognise another credential
+format, add a pattern to `CREDENTIAL_PATTERNS`. This module is the single place for both.
+"""
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+FILTERED = "[Filtered]"
+
+#: A key containing any of these (case-insensitive) has its value replaced.
+SENSITIVE_KEY_PARTS: tuple[str, ...] = (
+    "api_key",
+    "apikey",
+    "api-key",
+    "auth",
+    "bearer",
+    "card_number",
+    "cardnumber",
+    "cookie",
+    "credential",
+    "csrf",
+    "cvc",
+    "cvv",
+    "dsn",
+    "forwarded",
+    "ip_address",
+    "jwt",
+    "key",
+    "passphrase",
+    "passwd",
+    "password",
+    "private",
+    "pwd",
+    "real-ip",
+    "remote_addr",
+    "secret",
+    "session",
+    "signature",
+    "token",
+    "xsrf",
+)
+#: Keys that are sensitive only as a whole word: `client` is the client's address in an ASGI scope
+#: (a request object held in a local variable), `ip` an address anywhere.
+SENSITIVE_KEYS = frozenset({"client", "ip", "client_ip", "remote_ip", "x-client-ip"})
+
+#: A key (in a query string, an assignment, a repr) that contains a sensitive word.
+_KEY_CHAR = r"[^\s=:&#?;,\"'()\[\]{}<>]"
+_KEY = _KEY_CHAR + "*(?:" + "|".join(map(re.escape, SENSITIVE_KEY_PARTS)) + ")" + _KEY_CHAR + "*"
+
+
+def _assignment(operator: str) -> re.Pattern[str]:
+    """`key<operator>value` where the key contains a sensitive word, the value possibly quoted."""
+    return re.compile(
+        r"(?i)((?:^|[?&;\s,(\[{\"'])" + _KEY + r"[\"']?\s*" + operator + r"\s*[\"']?)"
+        r"(?!\[Filtered\])[^\s\"',;)\]}&#]+"
+    )
+
+
+#: (needle, pattern, replacement): the pattern runs on strings whose lower-cased text contains the
+#: needle, which keeps scrubbing linear on long strings that cannot match.
+CREDENTIAL_PATTERNS: tuple[tuple[str, re.Pattern[str], str], ...] = (
+    # Authorization header values, also inside log messages and exception texts.
+    ("bearer", re.compile(r"(?i)\b(bearer\s+)[a-z0-9\-._~+/]+=*"), r"\1" + FILTERED),
+    ("basic", re.compile(r"\b(Basic\s+)[A-Za-z0-9+/]{8,}={0,2}"), r"\1" + FILTERED),
+    # JWTs, whole or cut short by truncation: a base64url JSON header, then optional parts.
+    ("eyj", re.compile(r"\beyJ[A-Za-z0-9_-]{6,}(?:\.[A-Za-z0-9_-]*){0,2}"), FILTERED),
+    # user:password@ in any URL.
+    (
+        "://",
+        re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s:/@]*:)[^\s@/]+@"),
+        r"\1" + FILTERED + "@",
+    ),
+    # ?token=... inside URLs and query strings, and password=..., "api_key": "..." in any text.
+    ("=", _assignment("="), r"\1" + FILTERED),
+    (":", _assignment(":"), r"\1" + FILTERED),
+    # Well-known API key formats: Stripe, GitHub, Slack, AWS access key ids, Google API keys.
+    ("_", re.compile(r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{8,}"), FILTERED),
+    ("gh", re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}"), FILTERED),
+    ("xox", re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}"), FILTERED),
+    ("akia", re.compile(r"\bAKIA[0-9A-Z]{16}\b"), FILTERED),
+    ("aiza", re.compile(r"\bAIza[0-9A-Za-z_-]{35}"), FILTERED),
+    # Email addresses (the user's own is kept by `scrub_event`) and IPv4 addresses, except a URL's
+    # host (the server's own address, as in `request.url`).
+    ("@", re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}"), FILTERED),
+    (
+        ".",
+        re.compile(r"(?<!://)\b(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\b"),
+        FILTERED,
+    ),
+)
+
+#: Nesting deeper than this is replaced rather than walked (the SDK itself stops at 10 levels).
+MAX_DEPTH = 32
+
+
+def is_sensitive_key(key: object) -> bool:
+    """Whether values under `key` must not be sent (`key` may be a str, bytes or a bytes repr)."""
+    if isinstance(key, bytes):
+        key = key.decode("latin-1")
+    if not isinstance(key, str):
+        return False
+    lowered = key.lower()
+    return lowered in SENSITIVE_KEYS or any(part in lowered for part in SENSITIVE_KEY_PARTS)
+
+
+def scrub_text(text: str) -> str:
+    """`text` with every credential-looking part replaced."""
+    lowered = text.lower()
+    for needle, pattern, replacement in CREDENTIAL_PATTERNS:
+        if needle in lowered:
+            text = pattern.sub(replacement, text)
+    return text
+
+
+def _pair_name(item: object) -> object | None:
+    """The name of a `[name, value]` pair, or None if `item` is not one."""
+    if isinstance(item, list | tuple) and len(item) == 2 and isinstance(item[0], str | bytes):
+        return item[0]
+    return None
+
+
+def scrub(value: Any, depth: int = 0) -> Any:
+    """A copy of `value` with sensitive keys' values and credential-looking strings replaced.
+
+    Never raises on JSON-like input (dicts, lists, tuples, strings, numbers, None, bytes); anything
+    else is returned as it is, for the SDK's serializer to turn into a (scrubbed) string later.
+    """
+    if depth > MAX_DEPTH:
+        return FILTERED
+    if isinstance(value, str):
+        return scrub_text(value)
+    if isinstance(value, Mapping):
+        return {
+            key: FILTERED if is_sensitive_key(key) else scrub(item, depth + 1)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        result = []
+        for item in value:
+            name = _pair_name(item)
+            if name is not None and is_sensitive_key(name):
+                result.append([scrub(name, depth + 1), FILTERED])
+            else:
+                result.append(scrub(item, depth + 1))
+        return result
+    if isinstance(value, bytes):
+        return scrub_text(value.decode("utf-8", "replace"))
+    return value
+
+
+def scrub_event(event: dict[str, Any]) -> dict[str, Any]:
+    """Scrub a whole error or transaction event, keeping only the user's id and email.
+
+    A log record's arguments (`logentry.params`) are dropped when the formatted message is there:
+    their meaning (`password=%s`) is in the template, not in their own keys, and the formatted,
+    scrubbed message says the same.
+    """
+    user = event.get("user")
+    logentry = event.get("logentry")
+    if isinstance(logentry, Mapping) and logentry.get("formatted") is not None:
+        event = {**event, "logentry": {k: v for k, v in logentry.items() if k != "params"}}
+    scrubbed: dict[str, Any] = scrub({key: value for key, value in event.items() if key != "user"})
+    if isinstance(user, Mapping):
+        kept = {key: user[key] for key in ("id", "email", "username") if key in user}
+        if kept:
+            scrubbed["user"] = kept
+    return scrubbed
+
+
+def scrub_breadcrumb(crumb: dict[str, Any]) -> dict[str, Any]:
+    scrubbed: dict[str, Any] = scrub(crumb)
+    return scrubbed
+
+
+def safely(scrubber: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[..., Any]:
+    """Wrap a scrubber as an SDK hook that drops the item, rather than send it raw, on failure."""
+
+    def hook(item: dict[str, Any], hint: Any = None) -> dict[str, Any] | None:
+        try:
+            return scrubber(item)
+        except Exception:
+            return None
+
+    return hook
