@@ -58,6 +58,8 @@ UNTRACED_PATHS = frozenset({"/health", "/healthz", "/livez", "/readyz", "/metric
 IGNORED_LOGGERS = ("uvicorn.access", "gunicorn.access", __name__)
 #: How long a normal shutdown waits for queued events to be sent.
 SHUTDOWN_FLUSH_SECONDS = 2.0
+#: How long one send may take before the server counts as not answering (the SDK waits 30 s).
+SEND_TIMEOUT_SECONDS = 5
 CHECK_TIMEOUT_SECONDS = 10.0
 
 
@@ -197,15 +199,44 @@ def set_context(name: str, context: Mapping[str, Any]) -> None:
 class OutageLoggingTransport(HttpTransport):
     """The SDK's HTTP transport, plus one log line when delivery starts failing and one when it
     recovers (the SDK itself stays silent unless `debug` is on). Sending stays on the SDK's
-    background thread, so an unreachable or slow server never holds up a request."""
+    background thread, so an unreachable or slow server never holds up a request.
+
+    A server that accepts connections and never answers is given `TIMEOUT` seconds per send, not
+    the SDK's 30, and if events are still unsent when a flush (such as the one at shutdown) gives
+    up, that is reported too: otherwise a hung server would go unnoticed.
+    """
+
+    TIMEOUT = SEND_TIMEOUT_SECONDS
 
     def __init__(self, options: dict[str, Any]) -> None:
         super().__init__(options)
         self._failing = False
+        self._unsent = 0
         self._lock = threading.Lock()
+
+    def capture_envelope(self, envelope: "Envelope") -> None:
+        with self._lock:
+            self._unsent += 1
+        super().capture_envelope(envelope)
+
+    def _send_envelope(self, envelope: "Envelope") -> None:
+        try:
+            super()._send_envelope(envelope)
+        finally:
+            with self._lock:
+                self._unsent -= 1
+
+    def flush(self, timeout: float, callback: Any = None) -> None:
+        super().flush(timeout, callback)
+        with self._lock:
+            unsent = self._unsent
+        if unsent > 0:
+            self.on_dropped_event(f"{unsent} events still unsent after waiting {timeout:g} s")
 
     def on_dropped_event(self, reason: str) -> None:
         with self._lock:
+            if reason == "full_queue":  # refused by the queue, so it will never be sent
+                self._unsent -= 1
             first, self._failing = not self._failing, True
         if first:
             logger.warning(

@@ -99,7 +99,9 @@ CREDENTIAL_PATTERNS: tuple[tuple[str, re.Pattern[str], str], ...] = (
     ("@", re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}"), FILTERED),
     (
         ".",
-        re.compile(r"(?<!://)\b(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\b"),
+        re.compile(
+            r"(?<!://)\b(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\b"
+        ),
         FILTERED,
     ),
 )
