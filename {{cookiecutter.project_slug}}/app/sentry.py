@@ -10,6 +10,7 @@ Check a configuration: `python -m app.sentry check`.
 """
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -37,6 +38,8 @@ try:
     from sentry_sdk.integrations.starlette import StarletteIntegration
     from sentry_sdk.transport import HttpTransport
     from sentry_sdk.utils import Dsn
+
+    from app.sentry_frames import add_app_frame_detail
 except ImportError:  # pragma: no cover - exercised by a test that hides the package
     sentry_sdk = None  # type: ignore[assignment]
     HttpTransport = object  # type: ignore[assignment,misc]
@@ -91,6 +94,9 @@ def init_sentry(settings: Settings, *, transport: "Transport | None" = None) -> 
                 LoggingIntegration(level=logging.INFO, event_level=logging.ERROR),
             ],
             in_app_include=["app"],
+            # Added back for in-app frames only, by _before_send: see app/sentry_frames.py.
+            include_local_variables=False,
+            include_source_context=False,
             max_request_body_size="small",
             before_send=_before_send,
             before_send_transaction=safely(scrub_event),
@@ -106,6 +112,7 @@ def init_sentry(settings: Settings, *, transport: "Transport | None" = None) -> 
             error,
         )
         return False
+    _skip_reported_exceptions_in_logging()
     logger.info(
         "Sentry is on: environment=%s release=%s traces_sample_rate=%s",
         settings.sentry_environment,
@@ -267,11 +274,54 @@ def _is_client_error(hint: "Hint") -> bool:
 
 
 _PROCESS = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+#: Set on an exception once an event has been built for it.
+_REPORTED = "_reported_to_sentry"
+
+
+class _SkipReportedExceptions(logging.Filter):
+    """Keeps a log record about an exception already reported out of Sentry altogether.
+
+    uvicorn logs every exception that escapes the app ("Exception in ASGI application") after the
+    ASGI integration has reported it. The SDK would build a second full event from that record,
+    only for its de-duplication to drop it, and a breadcrumb, formatting the whole traceback for
+    it; together that tripled the cost of an error. The breadcrumb would also say nothing the
+    event does not.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not getattr(error, _REPORTED, False)
+
+
+def _skip_reported_exceptions_in_logging() -> None:
+    """Attach `_SkipReportedExceptions` to the logging integration's event and breadcrumb handlers.
+
+    The SDK keeps those handlers in private attributes; if a later SDK moves them, nothing breaks:
+    the duplicate event is still dropped, just not as cheaply.
+    """
+    integration = sentry_sdk.get_client().get_integration(LoggingIntegration)
+    for attribute in ("_handler", "_breadcrumb_handler"):
+        handler = getattr(integration, attribute, None)
+        if isinstance(handler, logging.Handler) and not any(
+            isinstance(existing, _SkipReportedExceptions) for existing in handler.filters
+        ):
+            handler.addFilter(_SkipReportedExceptions())
+
+
+def _mark_reported(error: BaseException | None) -> None:
+    # None, or an exception type that takes no attributes, is simply not marked.
+    with contextlib.suppress(AttributeError, TypeError):
+        setattr(error, _REPORTED, True)
 
 
 def _before_send(event: "Event", hint: "Hint") -> "Event | None":
+    exc_info = hint.get("exc_info")
+    error = exc_info[1] if exc_info else None
+    _mark_reported(error)
     if _is_client_error(hint):
         return None
+    with contextlib.suppress(Exception):  # without the detail, the event is still worth sending
+        add_app_frame_detail(event, error)
     contexts = event.setdefault("contexts", {})
     contexts["worker"] = {"pid": os.getpid(), "process": _PROCESS}
     scrubbed: Event | None = safely(scrub_event)(event)

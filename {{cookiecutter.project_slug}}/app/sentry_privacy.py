@@ -18,6 +18,7 @@ format, add a pattern to `CREDENTIAL_PATTERNS`. This module is the single place 
 
 import re
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 from typing import Any
 
 FILTERED = "[Filtered]"
@@ -110,6 +111,17 @@ CREDENTIAL_PATTERNS: tuple[tuple[str, re.Pattern[str], str], ...] = (
 MAX_DEPTH = 32
 
 
+_SENSITIVE_PART = re.compile("|".join(map(re.escape, SENSITIVE_KEY_PARTS)))
+#: Keys up to this length have their verdict cached: the same few hundred names (frame fields,
+#: header names, setting names) come back in every event.
+_CACHED_KEY_LENGTH = 64
+
+
+@lru_cache(maxsize=4096)
+def _is_sensitive_name(lowered: str) -> bool:
+    return lowered in SENSITIVE_KEYS or _SENSITIVE_PART.search(lowered) is not None
+
+
 def is_sensitive_key(key: object) -> bool:
     """Whether values under `key` must not be sent (`key` may be a str, bytes or a bytes repr)."""
     if isinstance(key, bytes):
@@ -117,7 +129,9 @@ def is_sensitive_key(key: object) -> bool:
     if not isinstance(key, str):
         return False
     lowered = key.lower()
-    return lowered in SENSITIVE_KEYS or any(part in lowered for part in SENSITIVE_KEY_PARTS)
+    if len(lowered) <= _CACHED_KEY_LENGTH:
+        return _is_sensitive_name(lowered)
+    return _is_sensitive_name.__wrapped__(lowered)
 
 
 def scrub_text(text: str) -> str:
