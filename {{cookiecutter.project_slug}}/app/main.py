@@ -1,5 +1,6 @@
 """Application factory. `uvicorn app.main:app` serves the module-level `app`."""
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,8 +13,21 @@ from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
 from app.db.session import build_engine, build_session_factory
 {%- if cookiecutter.include_sentry == "yes" %}
-from app.sentry import init_sentry, sentry_lifespan
+from app.sentry import init_sentry, instrument_app, sentry_lifespan
 {%- endif %}
+
+
+def _freeze_startup_objects() -> None:
+    """Keep what was loaded at start-up out of the garbage collector's full collections.
+
+    FastAPI, pydantic and SQLAlchemy leave hundreds of thousands of long-lived objects behind at
+    import. Under load, objects of requests in flight get promoted to the oldest generation, and
+    each full collection then scanned all of those too: pauses of ~50 ms in the middle of
+    requests. Frozen objects are never collected, so this is done once, after a collection.
+    """
+    if gc.get_freeze_count() == 0:
+        gc.collect()
+        gc.freeze()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -27,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        _freeze_startup_objects()
 {%- if cookiecutter.include_sentry == "yes" %}
         async with sentry_lifespan():
             yield
@@ -40,6 +55,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.session_factory = build_session_factory(engine)
     app.include_router(health.router)
     app.include_router(api_router)
+{%- if cookiecutter.include_sentry == "yes" %}
+    instrument_app(app, settings)
+{%- endif %}
     return app
 
 

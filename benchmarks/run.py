@@ -1,0 +1,360 @@
+"""What error tracking costs per request: the `yes` variant against the `no` variant, side by side.
+
+    python benchmarks/run.py [--rounds 5] [--duration 5] [--connections 16]   (or: make bench)
+
+1. Bakes both variants into .cache/bench/ and installs each into its own environment (reused).
+2. Starts a sink that accepts every Sentry envelope (benchmarks/sink.py), in its own process.
+3. For each round, and in a different order each round (so that A/B pairs are close in time),
+   starts every configuration under uvicorn (one worker, no access log) with benchmarks/bench_app.py
+   and drives each route with wrk from its own process on loopback: a warm-up, then the measurement.
+4. Prints one table: requests/s, p50 and p99 latency, start-up (process start to the first answer)
+   and resident memory, each with its ratio to the `no` variant. A ratio is the median over rounds
+   of the ratio within a round; figures are medians over rounds.
+5. Times the scrubber on a realistic error event (a failed authenticated request with a JSON body).
+
+Needs wrk (Debian's package). Run as root with apt-get, it is installed when missing.
+Figures depend on the machine: compare ratios, not absolute numbers, across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.support.probe import SECRET_KEY, make_token  # noqa: E402
+from tests.support.server import free_port, request  # noqa: E402
+from tests.support.template import baked_project, install_project  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+WORK = REPO / ".cache" / "bench"
+TOKEN = make_token("bench-user", "bench-tenant", "bench@example.com")
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    variant: str  # "no" or "yes"
+    env: dict[str, str] = field(default_factory=dict)
+    sentry_down: bool = False  # the DSN names a port nobody listens on
+
+
+def configs() -> list[Config]:
+    def ours(rate: str) -> dict[str, str]:
+        return {
+            "SENTRY_DSN": "{dsn}",
+            "SENTRY_TRACES_SAMPLE_RATE": rate,
+            "SENTRY_PROFILES_SAMPLE_RATE": "0",
+        }
+
+    stock = {"SENTRY_DSN": "", "BENCH_STOCK_DSN": "{dsn}"}
+    return [
+        Config("no", "no"),
+        Config("yes, tracing off", "yes", ours("0")),
+        Config("yes, traces 0.1", "yes", ours("0.1")),
+        Config("yes, traces 0.1, Sentry down", "yes", ours("0.1"), sentry_down=True),
+        Config("yes, traces 1.0", "yes", ours("1.0")),
+        Config("stock init(dsn)", "yes", {**stock, "BENCH_STOCK_SENTRY": "0"}),
+        Config("stock, traces 0.1", "yes", {**stock, "BENCH_STOCK_SENTRY": "0.1"}),
+    ]
+
+
+ROUTES = {
+    "trivial": ("/bench/ping", {}),
+    "auth+db": ("/api/v1/items/{item_id}", {"Authorization": f"Bearer {TOKEN}"}),
+}
+
+
+@dataclass
+class Sample:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+@dataclass
+class Results:
+    load: dict[tuple[str, str], list[Sample]] = field(default_factory=lambda: defaultdict(list))
+    startup_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    rss_mib: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        say("installing wrk from Debian's packages")
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        if subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], env=env, **quiet).returncode:
+            subprocess.run(["apt-get", "update", "-q"], env=env, check=True, **quiet)
+            subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], env=env, check=True, **quiet)
+        found = shutil.which("wrk")
+    if not found:
+        sys.exit("wrk is needed: install it (apt-get install wrk, brew install wrk) and run again.")
+    return found
+
+
+def prepare(variant: str) -> tuple[Path, Path]:
+    """Bake `variant` afresh into WORK, install it into its (reused) environment."""
+    out = WORK / f"project-{variant}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    project = baked_project(out, {"project_name": "Bench Service", "include_sentry": variant})
+    venv = WORK / f"venv-{variant}"
+    install_project(project, venv)
+    shutil.copyfile(HERE / "bench_app.py", project / "bench_app.py")
+    return project, venv
+
+
+@contextmanager
+def sink() -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(HERE / "sink.py"), str(port)], stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+    try:
+        yield f"http://bench-key@127.0.0.1:{port}/1"
+    finally:
+        process.terminate()
+        say(f"sink: {process.communicate(timeout=10)[0].strip()}")
+
+
+def base_env(project: Path) -> dict[str, str]:
+    keep = ("PATH", "HOME", "LANG", "TMPDIR")
+    return {
+        **{key: os.environ[key] for key in keep if key in os.environ},
+        "DATABASE_URL": f"sqlite:///{project / 'bench.db'}",
+        "SECRET_KEY": SECRET_KEY,
+        "ENVIRONMENT": "production",
+        "LOG_LEVEL": "WARNING",
+    }
+
+
+def seed(project: Path, venv: Path) -> int:
+    """Migrate the database and create the one row the auth+db route reads; return its id."""
+    env = base_env(project)
+    (project / "bench.db").unlink(missing_ok=True)
+    subprocess.run([str(venv / "bin" / "alembic"), "upgrade", "head"], cwd=project, env=env,
+                   check=True, capture_output=True)
+    with serving(project, venv, env) as (url, _pid, _startup):
+        created = request(url + "/api/v1/items", method="POST", body={"title": "bench row"},
+                          headers={"Authorization": f"Bearer {TOKEN}"})
+    assert created.status == 201, created.body
+    item_id = created.json()["id"]  # type: ignore[index]
+    assert isinstance(item_id, int)
+    return item_id
+
+
+@contextmanager
+def serving(project: Path, venv: Path, env: dict[str, str]) -> Iterator[tuple[str, int, float]]:
+    """uvicorn with bench_app; yields (base url, pid, ms from process start to the first 200)."""
+    port = free_port()
+    command = [str(venv / "bin" / "uvicorn"), "bench_app:app", "--host", "127.0.0.1",
+               "--port", str(port), "--no-access-log", "--log-level", "warning"]
+    log = (WORK / "server.log").open("w")
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=project, env=env, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            if process.poll() is not None:
+                sys.exit(f"the server exited:\n{(WORK / 'server.log').read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=1) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.005)
+        yield url, process.pid, (time.perf_counter() - started) * 1000
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        log.close()
+
+
+def resident_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(binary: str, url: str, headers: dict[str, str], seconds: float, connections: int) -> Sample:
+    command = [binary, "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
+    for name, value in headers.items():
+        command += ["-H", f"{name}: {value}"]
+    output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
+    if re.search(r"Non-2xx or 3xx responses: \d+", output):
+        sys.exit(f"{url} answered errors under load:\n{output}")
+
+    def latency(percent: str) -> float:
+        found = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
+        assert found, output
+        return float(found.group(1)) * _UNITS[found.group(2)]
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    assert rps, output
+    return Sample(float(rps.group(1)), latency("50"), latency("99"))
+
+
+def run_round(number: int, args: argparse.Namespace, wrk_binary: str,
+              projects: dict[str, tuple[Path, Path, int]], dsn: str, results: Results) -> None:
+    order = configs()
+    shift = number % len(order)
+    order = order[shift:] + order[:shift]
+    for config in order:
+        project, venv, item_id = projects[config.variant]
+        target = "http://bench-key@127.0.0.1:9/1" if config.sentry_down else dsn
+        env = {**base_env(project), **{k: v.format(dsn=target) for k, v in config.env.items()}}
+        with serving(project, venv, env) as (url, pid, startup_ms):
+            results.startup_ms[config.name].append(startup_ms)
+            for route, (path, headers) in ROUTES.items():
+                full = url + path.format(item_id=item_id)
+                wrk(wrk_binary, full, headers, args.warm_up, args.connections)
+                sample = wrk(wrk_binary, full, headers, args.duration, args.connections)
+                results.load[config.name, route].append(sample)
+            results.rss_mib[config.name].append(resident_mib(pid))
+        say(f"round {number + 1}: {config.name} done")
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def print_table(results: Results, args: argparse.Namespace) -> None:
+    base = "no"
+    print(f"\nuvicorn, 1 worker, no access log; wrk -t1 -c{args.connections} -d{args.duration}s "
+          f"after a {args.warm_up}s warm-up; {args.rounds} rounds in rotating order; medians")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
+          f"{platform.python_version()}, {platform.platform()}\n")
+    header = (f"| {'configuration':<30} | {'route':<8} | {'req/s':>7} | {'x no':>5} | "
+              f"{'p50 ms':>6} | {'p99 ms':>6} | {'p99 +ms':>7} |")
+    print(header)
+    print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
+    for config in configs():
+        for route in ROUTES:
+            samples, bases = results.load[config.name, route], results.load[base, route]
+            ratio = median([s.rps / b.rps for s, b in zip(samples, bases, strict=True)])
+            added = median([s.p99_ms - b.p99_ms for s, b in zip(samples, bases, strict=True)])
+            print(f"| {config.name:<30} | {route:<8} | {median([s.rps for s in samples]):>7.0f} | "
+                  f"{ratio:>5.2f} | {median([s.p50_ms for s in samples]):>6.2f} | "
+                  f"{median([s.p99_ms for s in samples]):>6.2f} | {added:>+7.2f} |")
+    print(f"\n| {'configuration':<30} | {'start-up ms':>11} | {'x no':>5} | {'RSS MiB':>7} | "
+          f"{'x no':>5} |")
+    print(f"|{'-' * 32}|{'-' * 13}|{'-' * 7}|{'-' * 9}|{'-' * 7}|")
+    for config in configs():
+        startup, rss = results.startup_ms[config.name], results.rss_mib[config.name]
+        startup_ratio = median([s / b for s, b in zip(startup, results.startup_ms[base],
+                                                      strict=True)])
+        rss_ratio = median([s / b for s, b in zip(rss, results.rss_mib[base], strict=True)])
+        print(f"| {config.name:<30} | {median(startup):>11.0f} | {startup_ratio:>5.2f} | "
+              f"{median(rss):>7.1f} | {rss_ratio:>5.2f} |")
+
+
+SCRUB_COST = '''
+import json, sys, time
+import sentry_sdk
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+from sentry_sdk.transport import Transport
+import app.sentry_privacy as privacy
+from app import sentry
+from app.core.config import Settings
+from app.main import create_app
+
+class Keep(Transport):
+    def capture_envelope(self, envelope): pass
+
+seen = []
+original = privacy.scrub_event
+def keep(event):
+    seen.append(json.loads(json.dumps(event, default=str)))
+    return original(event)
+sentry.scrub_event = keep
+settings = Settings(environment="test", database_url="sqlite://",
+                    sentry_dsn=SecretStr("http://k@127.0.0.1:9/1"))
+app = create_app(settings)
+sentry.init_sentry(settings, transport=Keep())
+
+@app.post("/orders/{order_id}")
+async def order(order_id: int, body: dict) -> None:
+    card_token = body["payment"]["card_token"]
+    raise RuntimeError(f"payment provider refused order {order_id} ({len(card_token)})")
+
+with TestClient(app, raise_server_exceptions=False) as client:
+    client.post("/orders/7?access_token=abc&page=2", headers={
+        "Authorization": "Bearer " + sys.argv[1], "Cookie": "session=s3cr3t; theme=dark",
+        "X-Request-Id": "r-1", "User-Agent": "bench/1.0"},
+        json={"customer": {"email": "ada@example.com", "name": "Ada"},
+              "payment": {"card_token": "tok_visa_4242", "amount": 1250},
+              "items": [{"sku": f"sku-{n}", "qty": n} for n in range(10)]})
+sentry_sdk.flush(2)
+event = seen[-1]
+size = len(json.dumps(event))
+count, started = 0, time.perf_counter()
+while time.perf_counter() - started < 2.0:
+    original(event)
+    count += 1
+elapsed = time.perf_counter() - started
+print(f"{count / elapsed:.0f} {size}")
+'''
+
+
+def scrub_cost(project: Path, venv: Path) -> None:
+    result = subprocess.run([str(venv / "bin" / "python"), "-c", SCRUB_COST, TOKEN], cwd=project,
+                            capture_output=True, text=True, check=True, env=base_env(project))
+    per_second, size = result.stdout.split()
+    print(f"\nscrubber: {per_second} events/s ({1000 / float(per_second):.3f} ms per event) on a "
+          f"failed request's error event of {int(size) / 1024:.1f} KiB of JSON")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds of load per route")
+    parser.add_argument("--warm-up", type=float, default=1.0, help="seconds before measuring")
+    parser.add_argument("--connections", type=int, default=16)
+    args = parser.parse_args()
+    wrk_binary = ensure_wrk()
+    WORK.mkdir(parents=True, exist_ok=True)
+    projects = {}
+    for variant in ("no", "yes"):
+        say(f"preparing the {variant} variant")
+        project, venv = prepare(variant)
+        projects[variant] = (project, venv, seed(project, venv))
+    results = Results()
+    with sink() as dsn:
+        for number in range(args.rounds):
+            run_round(number, args, wrk_binary, projects, dsn, results)
+    print_table(results, args)
+    scrub_cost(*projects["yes"][:2])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""The request path: what each kind of request sends, checked on the serialized envelopes."""
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sentry_sdk
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.testclient import TestClient
+
+from app import sentry
+from app.core.config import Settings
+from app.main import create_app
+from app.sentry_asgi import MAX_BODY_BYTES, _sampled
+from tests.conftest import TokenFactory
+from tests.sentry.conftest import CapturingTransport
+
+
+def _app(settings: Settings, transport: CapturingTransport, rate: float) -> FastAPI:
+    traced = settings.model_copy(update={"sentry_traces_sample_rate": rate})
+    app = create_app(traced)
+    assert sentry.init_sentry(traced, transport=transport), "Sentry did not start"
+
+    @app.get("/orders/{order_id}")
+    async def read_order(order_id: int) -> dict[str, int]:
+        return {"id": order_id}
+
+    @app.post("/orders/{order_id}/fail")
+    async def fail(order_id: int, request: Request) -> None:
+        await request.body()
+        raise RuntimeError(f"order {order_id} failed")
+
+    @app.get("/unavailable")
+    async def unavailable() -> None:
+        raise HTTPException(status_code=503, detail="down for maintenance")
+
+    @app.get("/fan-out")
+    async def fan_out() -> dict[str, int]:
+        async def step(n: int) -> int:
+            await asyncio.sleep(0)
+            return n
+
+        return {"sum": sum(await asyncio.gather(*(asyncio.create_task(step(n)) for n in (1, 2))))}
+
+    return app
+
+
+@pytest.fixture
+def client_for(sentry_settings: Settings, transport: CapturingTransport) -> Iterator[Any]:
+    clients: list[TestClient] = []
+
+    def make(rate: float) -> TestClient:
+        client = TestClient(_app(sentry_settings, transport, rate), raise_server_exceptions=False)
+        clients.append(client.__enter__())
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+def test_unsampled_requests_send_nothing(client_for: Any, transport: CapturingTransport) -> None:
+    client = client_for(0.0)
+    for _ in range(20):
+        assert client.get("/orders/7").status_code == 200
+    assert client.get("/fan-out").json() == {"sum": 3}
+    sentry_sdk.flush(timeout=2)
+    assert transport.payloads == [], "a request that is not traced and did not fail sent data"
+
+
+def test_sampled_requests_are_transactions_named_by_route(
+    client_for: Any, transport: CapturingTransport
+) -> None:
+    client = client_for(1.0)
+    assert client.get("/orders/7").status_code == 200
+    assert client.get("/health").status_code == 200
+    assert client.get("/fan-out").status_code == 200
+    sentry_sdk.flush(timeout=2)
+    transactions = {t["transaction"]: t for t in transport.items("transaction")}
+    assert sorted(transactions) == ["/fan-out", "/orders/{order_id}"], sorted(transactions)
+    order = transactions["/orders/{order_id}"]
+    assert order["transaction_info"]["source"] == "route", order["transaction_info"]
+    assert order["contexts"]["trace"]["op"] == "http.server", order["contexts"]["trace"]
+    assert order["contexts"]["response"]["status_code"] == 200, order["contexts"]
+    assert order["request"] == {"method": "GET", "url": "http://testserver/orders/7"}, order
+    origins = {span.get("origin") for span in transactions["/fan-out"]["spans"]}
+    assert "auto.function.asyncio" in origins, f"tasks of a traced request are spans: {origins}"
+
+
+def test_a_caller_decides_for_the_trace_but_not_when_tracing_is_off(
+    client_for: Any, transport: CapturingTransport
+) -> None:
+    trace_id = "771a43a4192642f0b136d5159a501700"
+    client = client_for(0.5)
+    for flag in ("1", "0"):
+        header = {"sentry-trace": f"{trace_id}-b7ad6b7169203331-{flag}"}
+        for _ in range(10):
+            assert client.get("/orders/1", headers=header).status_code == 200
+    sentry_sdk.flush(timeout=2)
+    transactions = transport.items("transaction")
+    assert len(transactions) == 10, f"{len(transactions)} of 10 asked-for traces were sent"
+    assert {t["contexts"]["trace"]["trace_id"] for t in transactions} == {trace_id}
+    assert _sampled(f"{trace_id}-b7ad6b7169203331-1", 0.0) is False
+    assert _sampled(f"{trace_id}-b7ad6b7169203331", 1.0) is True
+    assert _sampled(None, 0.0) is False
+
+
+def test_a_failed_request_is_one_event_with_its_request(
+    client_for: Any, transport: CapturingTransport, make_token: TokenFactory
+) -> None:
+    client = client_for(0.0)
+    response = client.post(
+        "/orders/9/fail?page=2",
+        json={"note": "rush", "card": {"number": "4242"}},
+        headers={"X-Request-Id": "req-1"},
+    )
+    assert response.status_code == 500
+    sentry_sdk.flush(timeout=2)
+    (event,) = transport.events
+    assert event["transaction"] == "/orders/{order_id}/fail", event.get("transaction")
+    request = event["request"]
+    assert (request["method"], request["url"]) == ("POST", "http://testserver/orders/9/fail")
+    assert request["query_string"] == "page=2", request
+    assert request["headers"]["x-request-id"] == "req-1", request["headers"]
+    assert request["data"]["note"] == "rush", request.get("data")
+    assert event["contexts"]["trace"]["trace_id"], "errors carry the request's trace id"
+    mechanism = event["exception"]["values"][-1]["mechanism"]
+    assert mechanism["handled"] is False, mechanism
+
+
+def test_each_request_has_its_own_trace_id(client_for: Any, transport: CapturingTransport) -> None:
+    client = client_for(0.0)
+    for n in (1, 2):
+        assert client.post(f"/orders/{n}/fail").status_code == 500
+    sentry_sdk.flush(timeout=2)
+    trace_ids = {event["contexts"]["trace"]["trace_id"] for event in transport.events}
+    assert len(trace_ids) == 2, trace_ids
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "expected"),
+    [
+        ("application/x-www-form-urlencoded", b"user=ada&note=hi", {"user": "ada", "note": "hi"}),
+        ("application/json", b"{not json", "{not json"),
+        ("text/plain", b"hello", "[body not kept: text/plain]"),
+        ("application/json", b"[" + b"1," * MAX_BODY_BYTES + b"1]", "[body too large, not kept]"),
+    ],
+    ids=["form", "broken-json", "other-type", "too-large"],
+)
+def test_request_bodies_in_events(
+    client_for: Any,
+    transport: CapturingTransport,
+    content_type: str,
+    body: bytes,
+    expected: object,
+) -> None:
+    client = client_for(0.0)
+    response = client.post("/orders/3/fail", content=body, headers={"content-type": content_type})
+    assert response.status_code == 500
+    sentry_sdk.flush(timeout=2)
+    (event,) = transport.events
+    assert event["request"]["data"] == expected, event["request"].get("data")
+
+
+def test_server_error_answers_are_reported_and_still_answered(
+    client_for: Any, transport: CapturingTransport
+) -> None:
+    client = client_for(0.0)
+    response = client.get("/unavailable")
+    assert (response.status_code, response.json()) == (503, {"detail": "down for maintenance"})
+    sentry_sdk.flush(timeout=2)
+    (event,) = transport.events
+    assert event["exception"]["values"][-1]["type"] == "HTTPException", event["exception"]
+
+
+def test_with_sentry_off_the_app_gets_no_middleware(settings: Settings) -> None:
+    app = create_app(settings)
+    sentry.instrument_app(app, settings)
+    assert app.user_middleware == [], app.user_middleware
