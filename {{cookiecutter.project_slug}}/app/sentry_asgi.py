@@ -28,7 +28,6 @@ import sentry_sdk
 from sentry_sdk.integrations.asyncio import enable_asyncio_integration
 from sentry_sdk.tracing import TransactionSource
 from sentry_sdk.utils import event_from_exception
-from starlette.routing import Match
 
 if TYPE_CHECKING:
     from sentry_sdk.types import Event, Hint
@@ -192,22 +191,33 @@ def _incoming_trace(scope: Scope) -> dict[str, str]:
 
 
 def _route_template(scope: Scope) -> str | None:
-    """The path template of the app's route that matches the request, with its routers' prefixes.
+    """The path template of the route that handled the request, with its routers' prefixes.
 
-    Matched again against the app's own router, as the SDK's integration does: FastAPI keeps
-    included routers nested, so the route the request ended in knows only its own part of the
-    path. Only events and sampled transactions ask for it.
+    FastAPI keeps included routers nested: the route in `scope["route"]` knows only its own part
+    of the path (`/items/{item_id}`), and the prefixed template it keeps on the side is gone
+    again once the route returns, which is before an error is reported. So the prefix is taken
+    from the request's path: whatever precedes the part that the route's own pattern matches.
+    Only events and sampled transactions ask for it.
     """
-    if _ROUTE_KEY not in scope:
-        template = None
-        for route in getattr(scope.get("router"), "routes", ()):
-            if route.matches(scope)[0] == Match.FULL:
-                path = getattr(route, "path", None)
-                template = path if isinstance(path, str) else None
-                break
-        scope[_ROUTE_KEY] = template
-    found: str | None = scope[_ROUTE_KEY]
-    return found
+    cached: str | None = scope.get(_ROUTE_KEY)
+    if cached is not None:
+        return cached
+    context = (scope.get("fastapi") or {}).get("effective_route_context")
+    template = getattr(context, "path", None)
+    if not isinstance(template, str):
+        route = scope.get("route")
+        own = getattr(route, "path", None)
+        if not isinstance(own, str):
+            return None
+        template = own
+        pattern, path = getattr(route, "path_regex", None), scope["path"]
+        if pattern is not None and not pattern.match(path):
+            for index, character in enumerate(path):
+                if index and character == "/" and pattern.match(path[index:]):
+                    template = path[:index] + own
+                    break
+    scope[_ROUTE_KEY] = template
+    return template
 
 
 class _BodyCopy:

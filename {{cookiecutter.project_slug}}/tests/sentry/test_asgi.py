@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 import sentry_sdk
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.testclient import TestClient
 
 from app import sentry
@@ -30,6 +30,14 @@ def _app(settings: Settings, transport: CapturingTransport, rate: float) -> Fast
     async def fail(order_id: int, request: Request) -> None:
         await request.body()
         raise RuntimeError(f"order {order_id} failed")
+
+    nested = APIRouter(prefix="/api/v2/things")
+
+    @nested.get("/{thing_id}/parts/{part}")
+    async def broken_part(thing_id: int, part: str) -> None:
+        raise RuntimeError(f"part {part} of {thing_id} is broken")
+
+    app.include_router(nested)
 
     @app.get("/unavailable")
     async def unavailable() -> None:
@@ -127,6 +135,20 @@ def test_a_failed_request_is_one_event_with_its_request(
     assert event["contexts"]["trace"]["trace_id"], "errors carry the request's trace id"
     mechanism = event["exception"]["values"][-1]["mechanism"]
     assert mechanism["handled"] is False, mechanism
+
+
+def test_routes_of_included_routers_are_named_with_their_prefix(
+    client_for: Any, transport: CapturingTransport
+) -> None:
+    client = client_for(1.0)
+    assert client.get("/api/v2/things/4/parts/valve").status_code == 500
+    sentry_sdk.flush(timeout=2)
+    (event,) = transport.events
+    (transaction,) = transport.items("transaction")
+    expected = "/api/v2/things/{thing_id}/parts/{part}"
+    assert event["transaction"] == expected, event.get("transaction")
+    assert transaction["transaction"] == expected, transaction["transaction"]
+    assert transaction["contexts"]["trace"]["status"] == "internal_error", transaction["contexts"]
 
 
 def test_each_request_has_its_own_trace_id(client_for: Any, transport: CapturingTransport) -> None:
