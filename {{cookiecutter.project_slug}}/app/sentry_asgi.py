@@ -40,6 +40,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 EventProcessor = Callable[["Event", "Hint"], "Event | None"]
 
 _ROUTE_KEY = "sentry.route_template"
+_BODY_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
 #: How much of a request body is kept for error reports (the SDK's "medium").
 MAX_BODY_BYTES = 10_000
 _FORM = "application/x-www-form-urlencoded"
@@ -65,12 +66,18 @@ class TracingMiddleware:
         if scope["type"] != "http" or scope["path"] in self.untraced_paths:
             await self.app(scope, receive, send)
             return
+        trace_header, has_body = None, False
+        for key, value in scope["headers"]:
+            if key == b"sentry-trace":
+                trace_header = value.decode("latin-1")
+            elif key in _BODY_HEADERS:
+                has_body = value != b"0"
         with sentry_sdk.isolation_scope() as sentry_scope:
-            body = _BodyCopy(receive)
+            body = _BodyCopy(receive) if has_body else None
+            receive = body.receive if body is not None else receive
             sentry_scope.add_event_processor(_request_processor(scope, body))
-            trace_header = _header(scope, b"sentry-trace")
             if _sampled(trace_header, self.traces_sample_rate):
-                await self._traced(scope, body.receive, send, sentry_scope)
+                await self._traced(scope, receive, send, sentry_scope)
                 return
             # Its own trace id (or the caller's), on both scopes: the current scope's would win,
             # as would a span the server's context carried in.
@@ -83,7 +90,7 @@ class TracingMiddleware:
                 else:
                     each.generate_propagation_context(incoming)
             try:
-                await self.app(scope, body.receive, send)
+                await self.app(scope, receive, send)
             except Exception as error:
                 self._capture_later(error)
                 raise
@@ -247,7 +254,7 @@ class _BodyCopy:
         return b"".join(self._chunks)
 
 
-def _request_processor(scope: Scope, body: _BodyCopy) -> EventProcessor:
+def _request_processor(scope: Scope, body: _BodyCopy | None) -> EventProcessor:
     """An event processor that adds the request to events of this request, built only then."""
 
     def add_request(event: "Event", hint: "Hint") -> "Event":
@@ -266,7 +273,7 @@ def _request_processor(scope: Scope, body: _BodyCopy) -> EventProcessor:
             "query_string": scope.get("query_string", b"").decode("latin-1"),
             "headers": headers,
         }
-        data = _parse_body(body, headers.get("content-type", ""))
+        data = None if body is None else _parse_body(body, headers.get("content-type", ""))
         if data is not None:
             request["data"] = data
         event.setdefault("request", request)
