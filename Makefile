@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum requirements/test.txt | cut -d' ' -f1)
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint bench clean
 
 ## demo: generate a service with Sentry, run it, cause an error and show the captured event
 demo: $(STAMP)
@@ -15,10 +15,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
-## lint: ruff over the hooks, tests and scripts of the template itself
+## lint: ruff over the hooks, tests, scripts and benchmarks of the template itself
 lint: $(STAMP)
-	$(VENV)/bin/ruff check hooks tests scripts
-	$(VENV)/bin/ruff format --check hooks tests scripts
+	$(VENV)/bin/ruff check hooks tests scripts benchmarks
+	$(VENV)/bin/ruff format --check hooks tests scripts benchmarks
+
+## bench: what error tracking costs per request, yes against no, side by side (docs/performance.md)
+bench: $(STAMP)
+	$(PY) benchmarks/run.py $(ARGS)
 
 $(STAMP): requirements/test.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11 or newer is needed: run make PYTHON=python3.11 ..." or 0)'

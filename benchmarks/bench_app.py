@@ -16,7 +16,7 @@ if os.environ.get("BENCH_STOCK_SENTRY"):
         traces_sample_rate=float(os.environ["BENCH_STOCK_SENTRY"]) or None,
     )
 
-from app.main import app  # noqa: E402
+from app.main import app
 
 
 @app.get("/bench/ping")

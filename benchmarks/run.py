@@ -10,7 +10,7 @@
 4. Prints one table: requests/s, p50 and p99 latency, start-up (process start to the first answer)
    and resident memory, each with its ratio to the `no` variant. A ratio is the median over rounds
    of the ratio within a round; figures are medians over rounds.
-5. Times the scrubber on a realistic error event (a failed authenticated request with a JSON body).
+5. Times a failed request in-process with and without Sentry, and the scrubber on its event.
 
 Needs wrk (Debian's package). Run as root with apt-get, it is installed when missing.
 Figures depend on the machine: compare ratios, not absolute numbers, across machines.
@@ -156,11 +156,20 @@ def seed(project: Path, venv: Path) -> int:
     """Migrate the database and create the one row the auth+db route reads; return its id."""
     env = base_env(project)
     (project / "bench.db").unlink(missing_ok=True)
-    subprocess.run([str(venv / "bin" / "alembic"), "upgrade", "head"], cwd=project, env=env,
-                   check=True, capture_output=True)
+    subprocess.run(
+        [str(venv / "bin" / "alembic"), "upgrade", "head"],
+        cwd=project,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     with serving(project, venv, env) as (url, _pid, _startup):
-        created = request(url + "/api/v1/items", method="POST", body={"title": "bench row"},
-                          headers={"Authorization": f"Bearer {TOKEN}"})
+        created = request(
+            url + "/api/v1/items",
+            method="POST",
+            body={"title": "bench row"},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
     assert created.status == 201, created.body
     item_id = created.json()["id"]  # type: ignore[index]
     assert isinstance(item_id, int)
@@ -171,8 +180,17 @@ def seed(project: Path, venv: Path) -> int:
 def serving(project: Path, venv: Path, env: dict[str, str]) -> Iterator[tuple[str, int, float]]:
     """uvicorn with bench_app; yields (base url, pid, ms from process start to the first 200)."""
     port = free_port()
-    command = [str(venv / "bin" / "uvicorn"), "bench_app:app", "--host", "127.0.0.1",
-               "--port", str(port), "--no-access-log", "--log-level", "warning"]
+    command = [
+        str(venv / "bin" / "uvicorn"),
+        "bench_app:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
     log = (WORK / "server.log").open("w")
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=project, env=env, stdout=log, stderr=log)
@@ -222,8 +240,14 @@ def wrk(binary: str, url: str, headers: dict[str, str], seconds: float, connecti
     return Sample(float(rps.group(1)), latency("50"), latency("99"))
 
 
-def run_round(number: int, args: argparse.Namespace, wrk_binary: str,
-              projects: dict[str, tuple[Path, Path, int]], dsn: str, results: Results) -> None:
+def run_round(
+    number: int,
+    args: argparse.Namespace,
+    wrk_binary: str,
+    projects: dict[str, tuple[Path, Path, int]],
+    dsn: str,
+    results: Results,
+) -> None:
     order = configs()
     shift = number % len(order)
     order = order[shift:] + order[:shift]
@@ -248,12 +272,18 @@ def median(values: list[float]) -> float:
 
 def print_table(results: Results, args: argparse.Namespace) -> None:
     base = "no"
-    print(f"\nuvicorn, 1 worker, no access log; wrk -t1 -c{args.connections} -d{args.duration}s "
-          f"after a {args.warm_up}s warm-up; {args.rounds} rounds in rotating order; medians")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
-          f"{platform.python_version()}, {platform.platform()}\n")
-    header = (f"| {'configuration':<30} | {'route':<8} | {'req/s':>7} | {'x no':>5} | "
-              f"{'p50 ms':>6} | {'p99 ms':>6} | {'p99 +ms':>7} |")
+    print(
+        f"\nuvicorn, 1 worker, no access log; wrk -t1 -c{args.connections} -d{args.duration}s "
+        f"after a {args.warm_up}s warm-up; {args.rounds} rounds in rotating order; medians"
+    )
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}, {platform.platform()}\n"
+    )
+    header = (
+        f"| {'configuration':<30} | {'route':<8} | {'req/s':>7} | {'x no':>5} | "
+        f"{'p50 ms':>6} | {'p99 ms':>6} | {'p99 +ms':>7} |"
+    )
     print(header)
     print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
     for config in configs():
@@ -261,25 +291,31 @@ def print_table(results: Results, args: argparse.Namespace) -> None:
             samples, bases = results.load[config.name, route], results.load[base, route]
             ratio = median([s.rps / b.rps for s, b in zip(samples, bases, strict=True)])
             added = median([s.p99_ms - b.p99_ms for s, b in zip(samples, bases, strict=True)])
-            print(f"| {config.name:<30} | {route:<8} | {median([s.rps for s in samples]):>7.0f} | "
-                  f"{ratio:>5.2f} | {median([s.p50_ms for s in samples]):>6.2f} | "
-                  f"{median([s.p99_ms for s in samples]):>6.2f} | {added:>+7.2f} |")
-    print(f"\n| {'configuration':<30} | {'start-up ms':>11} | {'x no':>5} | {'RSS MiB':>7} | "
-          f"{'x no':>5} |")
+            print(
+                f"| {config.name:<30} | {route:<8} | {median([s.rps for s in samples]):>7.0f} | "
+                f"{ratio:>5.2f} | {median([s.p50_ms for s in samples]):>6.2f} | "
+                f"{median([s.p99_ms for s in samples]):>6.2f} | {added:>+7.2f} |"
+            )
+    print(
+        f"\n| {'configuration':<30} | {'start-up ms':>11} | {'x no':>5} | {'RSS MiB':>7} | "
+        f"{'x no':>5} |"
+    )
     print(f"|{'-' * 32}|{'-' * 13}|{'-' * 7}|{'-' * 9}|{'-' * 7}|")
     for config in configs():
         startup, rss = results.startup_ms[config.name], results.rss_mib[config.name]
-        startup_ratio = median([s / b for s, b in zip(startup, results.startup_ms[base],
-                                                      strict=True)])
+        startup_ratio = median(
+            [s / b for s, b in zip(startup, results.startup_ms[base], strict=True)]
+        )
         rss_ratio = median([s / b for s, b in zip(rss, results.rss_mib[base], strict=True)])
-        print(f"| {config.name:<30} | {median(startup):>11.0f} | {startup_ratio:>5.2f} | "
-              f"{median(rss):>7.1f} | {rss_ratio:>5.2f} |")
+        print(
+            f"| {config.name:<30} | {median(startup):>11.0f} | {startup_ratio:>5.2f} | "
+            f"{median(rss):>7.1f} | {rss_ratio:>5.2f} |"
+        )
 
 
-SCRUB_COST = '''
-import json, sys, time
+ERROR_COST = """
+import asyncio, json, sys, time
 import sentry_sdk
-from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sentry_sdk.transport import Transport
 import app.sentry_privacy as privacy
@@ -288,7 +324,8 @@ from app.core.config import Settings
 from app.main import create_app
 
 class Keep(Transport):
-    def capture_envelope(self, envelope): pass
+    def capture_envelope(self, envelope):
+        envelope.serialize()
 
 seen = []
 original = privacy.scrub_event
@@ -296,41 +333,85 @@ def keep(event):
     seen.append(json.loads(json.dumps(event, default=str)))
     return original(event)
 sentry.scrub_event = keep
-settings = Settings(environment="test", database_url="sqlite://",
-                    sentry_dsn=SecretStr("http://k@127.0.0.1:9/1"))
+dsn = "http://k@127.0.0.1:9/1" if sys.argv[2] == "on" else ""
+settings = Settings(environment="test", database_url="sqlite://", sentry_dsn=SecretStr(dsn))
 app = create_app(settings)
-sentry.init_sentry(settings, transport=Keep())
+if dsn:
+    sentry.init_sentry(settings, transport=Keep())
 
 @app.post("/orders/{order_id}")
 async def order(order_id: int, body: dict) -> None:
     card_token = body["payment"]["card_token"]
     raise RuntimeError(f"payment provider refused order {order_id} ({len(card_token)})")
 
-with TestClient(app, raise_server_exceptions=False) as client:
-    client.post("/orders/7?access_token=abc&page=2", headers={
-        "Authorization": "Bearer " + sys.argv[1], "Cookie": "session=s3cr3t; theme=dark",
-        "X-Request-Id": "r-1", "User-Agent": "bench/1.0"},
-        json={"customer": {"email": "ada@example.com", "name": "Ada"},
-              "payment": {"card_token": "tok_visa_4242", "amount": 1250},
-              "items": [{"sku": f"sku-{n}", "qty": n} for n in range(10)]})
-sentry_sdk.flush(2)
-event = seen[-1]
-size = len(json.dumps(event))
-count, started = 0, time.perf_counter()
-while time.perf_counter() - started < 2.0:
-    original(event)
-    count += 1
-elapsed = time.perf_counter() - started
-print(f"{count / elapsed:.0f} {size}")
-'''
+BODY = json.dumps({"customer": {"email": "ada@example.com", "name": "Ada"},
+                   "payment": {"card_token": "tok_visa_4242", "amount": 1250},
+                   "items": [{"sku": f"sku-{n}", "qty": n} for n in range(10)]}).encode()
+HEADERS = [(b"host", b"bench"), (b"content-type", b"application/json"),
+           (b"content-length", str(len(BODY)).encode()), (b"cookie", b"session=s3cr3t"),
+           (b"authorization", b"Bearer " + sys.argv[1].encode())]
+
+async def fail_once():
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/orders/7", "raw_path": b"/orders/7",
+             "query_string": b"access_token=abc", "root_path": "", "headers": HEADERS,
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80)}
+    async def receive():
+        return {"type": "http.request", "body": BODY, "more_body": False}
+    async def send(message):
+        pass
+    try:
+        await app(scope, receive, send)
+    except RuntimeError:
+        pass
+    await asyncio.sleep(0)  # the report is made once the 500 has been sent
+
+async def main():
+    for _ in range(20):
+        await fail_once()
+    count = 200
+    started = time.perf_counter()
+    for _ in range(count):
+        await fail_once()
+    per_error_ms = (time.perf_counter() - started) / count * 1000
+    rate = 0.0
+    if seen:
+        event, scrubbed, started = seen[-1], 0, time.perf_counter()
+        while time.perf_counter() - started < 2.0:
+            original(event)
+            scrubbed += 1
+        rate = scrubbed / (time.perf_counter() - started)
+    print(f"{per_error_ms:.3f} {rate:.0f} {len(json.dumps(seen[-1])) if seen else 0}")
+
+asyncio.run(main())
+"""
 
 
-def scrub_cost(project: Path, venv: Path) -> None:
-    result = subprocess.run([str(venv / "bin" / "python"), "-c", SCRUB_COST, TOKEN], cwd=project,
-                            capture_output=True, text=True, check=True, env=base_env(project))
-    per_second, size = result.stdout.split()
-    print(f"\nscrubber: {per_second} events/s ({1000 / float(per_second):.3f} ms per event) on a "
-          f"failed request's error event of {int(size) / 1024:.1f} KiB of JSON")
+def error_cost(project: Path, venv: Path) -> None:
+    """A failed request's cost with and without Sentry (in-process, so only the app's own work),
+    and the scrubber's throughput on that request's error event."""
+    figures = {}
+    for mode in ("off", "on"):
+        result = subprocess.run(
+            [str(venv / "bin" / "python"), "-c", ERROR_COST, TOKEN, mode],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            check=True,
+            env=base_env(project),
+        )
+        figures[mode] = result.stdout.split()
+    off_ms, on_ms = float(figures["off"][0]), float(figures["on"][0])
+    per_second, size = float(figures["on"][1]), int(figures["on"][2])
+    print(
+        f"\nfailed request (in-process, 200 in a row): {off_ms:.2f} ms without Sentry, "
+        f"{on_ms:.2f} ms with it (+{on_ms - off_ms:.2f} ms for building, scrubbing and "
+        f"serializing the error event)"
+    )
+    print(
+        f"scrubber: {per_second:.0f} events/s ({1000 / per_second:.3f} ms per event) on that "
+        f"error event, {size / 1024:.1f} KiB of JSON"
+    )
 
 
 def main() -> int:
@@ -352,7 +433,7 @@ def main() -> int:
         for number in range(args.rounds):
             run_round(number, args, wrk_binary, projects, dsn, results)
     print_table(results, args)
-    scrub_cost(*projects["yes"][:2])
+    error_cost(*projects["yes"][:2])
     return 0
 
 

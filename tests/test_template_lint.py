@@ -9,7 +9,7 @@ import pytest
 
 from tests.support.template import TEMPLATE_DIR
 
-PATHS = ["hooks", "tests", "scripts"]
+PATHS = ["hooks", "tests", "scripts", "benchmarks"]
 
 
 @pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["check", "format"])
