@@ -43,7 +43,11 @@ try:
     from sentry_sdk.transport import HttpTransport
     from sentry_sdk.utils import Dsn
 
-    from app.sentry_asgi import TracingMiddleware, enable_asyncio_spans_for_traced_requests
+    from app.sentry_asgi import (
+        TracingMiddleware,
+        enable_asyncio_spans_for_traced_requests,
+        sample_rate,
+    )
     from app.sentry_frames import add_app_frame_detail
 except ImportError:  # pragma: no cover - exercised by a test that hides the package
     sentry_sdk = None  # type: ignore[assignment]
@@ -365,14 +369,14 @@ def _before_send(event: "Event", hint: "Hint") -> "Event | None":
 
 
 def _traces_sampler(rate: float) -> Callable[[dict[str, Any]], float]:
+    """For transactions the SDK samples itself; HTTP requests are sampled by the middleware, with
+    the same rule (`sample_rate`)."""
+
     def sample(context: dict[str, Any]) -> float:
         scope = context.get("asgi_scope") or {}
         if scope.get("path") in UNTRACED_PATHS:
             return 0.0
-        parent_sampled = context.get("parent_sampled")
-        if parent_sampled is not None:
-            return 1.0 if parent_sampled else 0.0
-        return rate
+        return sample_rate(rate, context.get("parent_sampled"))
 
     return sample
 

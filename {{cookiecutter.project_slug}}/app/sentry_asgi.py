@@ -169,17 +169,28 @@ def _capture(error: BaseException) -> None:
     sentry_sdk.capture_event(event, hint=hint)
 
 
-def _sampled(trace_header: str | None, rate: float) -> bool:
-    """With tracing off (rate 0), nothing is traced, whatever a caller asks: otherwise any client
+def sample_rate(rate: float, parent_sampled: bool | None) -> float:
+    """The one sampling rule, for this middleware and for `init_sentry`'s traces_sampler.
+
+    With tracing off (rate 0), nothing is traced, whatever a caller asks: otherwise any client
     could switch tracing on by sending a header. Else a caller's decision (the flag of
-    `sentry-trace`) wins, so that a distributed trace is complete, and `rate` decides the rest."""
+    `sentry-trace`) wins, so that a distributed trace is complete, and `rate` decides the rest.
+    """
     if rate <= 0:
-        return False
+        return 0.0
+    if parent_sampled is not None:
+        return 1.0 if parent_sampled else 0.0
+    return rate
+
+
+def _sampled(trace_header: str | None, rate: float) -> bool:
+    parent_sampled = None
     if trace_header is not None:
         flag = trace_header.rsplit("-", 2)[1:]
         if len(flag) == 2 and flag[1] in {"0", "1"}:
-            return flag[1] == "1"
-    return random.random() < rate  # noqa: S311 - sampling, not security
+            parent_sampled = flag[1] == "1"
+    chance = sample_rate(rate, parent_sampled)
+    return chance >= 1.0 or (chance > 0 and random.random() < chance)  # noqa: S311 - not security
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
