@@ -322,10 +322,10 @@ class _SkipReportedExceptions(logging.Filter):
     """Keeps a log record about an exception already reported out of Sentry altogether.
 
     uvicorn logs every exception that escapes the app ("Exception in ASGI application") after the
-    middleware has marked it for reporting. The SDK would build a second full event from that record,
-    only for its de-duplication to drop it, and a breadcrumb, formatting the whole traceback for
-    it; together that tripled the cost of an error. The breadcrumb would also say nothing the
-    event does not.
+    middleware has marked it for reporting. The SDK would build a second full event from that
+    record, only for its de-duplication to drop it, and a breadcrumb, formatting the whole
+    traceback for it; together that tripled the cost of an error. The breadcrumb would also say
+    nothing the event does not.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
