@@ -15,7 +15,6 @@ import logging
 import os
 import socket
 import sys
-import threading
 import urllib.error
 import urllib.request
 import uuid
@@ -40,18 +39,18 @@ try:
     from sentry_sdk.integrations.fastapi import FastApiIntegration
     from sentry_sdk.integrations.logging import LoggingIntegration, ignore_logger
     from sentry_sdk.integrations.starlette import StarletteIntegration
-    from sentry_sdk.transport import HttpTransport
     from sentry_sdk.utils import Dsn
 
+    from app import sentry_serializer
     from app.sentry_asgi import (
         TracingMiddleware,
         enable_asyncio_spans_for_traced_requests,
         sample_rate,
     )
     from app.sentry_frames import add_app_frame_detail
+    from app.sentry_transport import transport_class
 except ImportError:  # pragma: no cover - exercised by a test that hides the package
     sentry_sdk = None  # type: ignore[assignment]
-    HttpTransport = object  # type: ignore[assignment,misc]
 
 if TYPE_CHECKING:
     from sentry_sdk.transport import Transport
@@ -70,8 +69,6 @@ UNTRACED_PATHS = frozenset({"/health", "/healthz", "/livez", "/readyz", "/metric
 IGNORED_LOGGERS = ("uvicorn.access", "gunicorn.access", __name__)
 #: How long a normal shutdown waits for queued events to be sent.
 SHUTDOWN_FLUSH_SECONDS = 2.0
-#: How long one send may take before the server counts as not answering (the SDK waits 30 s).
-SEND_TIMEOUT_SECONDS = 5
 CHECK_TIMEOUT_SECONDS = 10.0
 
 
@@ -108,7 +105,7 @@ def init_sentry(settings: Settings, *, transport: "Transport | None" = None) -> 
             before_send=_before_send,
             before_send_transaction=safely(scrub_event),
             before_breadcrumb=safely(scrub_breadcrumb),
-            transport=transport or OutageLoggingTransport,
+            transport=transport or transport_class(dsn),
             shutdown_timeout=SHUTDOWN_FLUSH_SECONDS,
         )
     except Exception as error:
@@ -120,6 +117,8 @@ def init_sentry(settings: Settings, *, transport: "Transport | None" = None) -> 
         )
         return False
     _skip_reported_exceptions_in_logging()
+    _quiet_sdk_debug_logging()
+    sentry_serializer.install()
     logger.info(
         "Sentry is on: environment=%s release=%s traces_sample_rate=%s",
         settings.sentry_environment,
@@ -236,71 +235,6 @@ def set_context(name: str, context: Mapping[str, Any]) -> None:
     sentry_sdk.set_context(name, dict(context))
 
 
-class OutageLoggingTransport(HttpTransport):
-    """The SDK's HTTP transport, plus one log line when delivery starts failing and one when it
-    recovers (the SDK itself stays silent unless `debug` is on). Sending stays on the SDK's
-    background thread, so an unreachable or slow server never holds up a request.
-
-    A server that accepts connections and never answers is given `TIMEOUT` seconds per send, not
-    the SDK's 30, and if events are still unsent when a flush (such as the one at shutdown) gives
-    up, that is reported too: otherwise a hung server would go unnoticed.
-    """
-
-    TIMEOUT = SEND_TIMEOUT_SECONDS
-
-    def __init__(self, options: dict[str, Any]) -> None:
-        super().__init__(options)
-        self._failing = False
-        self._unsent = 0
-        self._lock = threading.Lock()
-
-    def _get_pool_options(self) -> dict[str, Any]:
-        # urllib3 would retry a refused connection three times, logging a warning each time, for
-        # every event: noise in the service's log while Sentry is down, and no event saved.
-        options: dict[str, Any] = super()._get_pool_options()
-        options["retries"] = False
-        return options
-
-    def capture_envelope(self, envelope: "Envelope") -> None:
-        with self._lock:
-            self._unsent += 1
-        super().capture_envelope(envelope)
-
-    def _send_envelope(self, envelope: "Envelope") -> None:
-        try:
-            super()._send_envelope(envelope)
-        finally:
-            with self._lock:
-                self._unsent -= 1
-
-    def flush(self, timeout: float, callback: Any = None) -> None:
-        super().flush(timeout, callback)
-        with self._lock:
-            unsent = self._unsent
-        if unsent > 0:
-            self.on_dropped_event(f"{unsent} events still unsent after waiting {timeout:g} s")
-
-    def on_dropped_event(self, reason: str) -> None:
-        with self._lock:
-            if reason == "full_queue":  # refused by the queue, so it will never be sent
-                self._unsent -= 1
-            first, self._failing = not self._failing, True
-        if first:
-            logger.warning(
-                "Sentry is not accepting events (%s); they are dropped until it does. "
-                "The service is not affected.",
-                reason,
-            )
-
-    def _handle_response(self, response: Any, envelope: Any) -> None:
-        super()._handle_response(response=response, envelope=envelope)
-        if 200 <= response.status < 300:
-            with self._lock:
-                recovered, self._failing = self._failing, False
-            if recovered:
-                logger.info("Sentry is accepting events again.")
-
-
 def _is_client_error(hint: "Hint") -> bool:
     """Whether the event was caused by a 4xx HTTPException or a request validation error."""
     exc_info = hint.get("exc_info")
@@ -346,6 +280,17 @@ def _skip_reported_exceptions_in_logging() -> None:
             isinstance(existing, _SkipReportedExceptions) for existing in handler.filters
         ):
             handler.addFilter(_SkipReportedExceptions())
+
+
+def _quiet_sdk_debug_logging() -> None:
+    """Keep the SDK from building log records that it would only throw away.
+
+    The SDK's logger is set to DEBUG with a filter that drops every record unless its `debug`
+    option is on, so each of its debug calls (one per transaction, for one) still builds a record.
+    With `debug` off, a level above CRITICAL skips that work and changes nothing that is shown.
+    """
+    if not sentry_sdk.get_client().options.get("debug"):
+        logging.getLogger("sentry_sdk.errors").setLevel(logging.CRITICAL + 1)
 
 
 def _mark_reported(error: BaseException | None) -> None:

@@ -115,6 +115,11 @@ _SENSITIVE_PART = re.compile("|".join(map(re.escape, SENSITIVE_KEY_PARTS)))
 #: Keys up to this length have their verdict cached: the same few hundred names (frame fields,
 #: header names, setting names) come back in every event.
 _CACHED_KEY_LENGTH = 64
+#: Strings up to this length have their scrubbed form cached: most strings of an event (SQL
+#: statements, span operations, route names, thread names) recur in every event of their kind.
+#: At most `_CACHED_TEXTS` of them are kept, so the cache stays under about 2 MB.
+_CACHED_TEXT_LENGTH = 1024
+_CACHED_TEXTS = 1024
 
 
 @lru_cache(maxsize=4096)
@@ -136,11 +141,20 @@ def is_sensitive_key(key: object) -> bool:
 
 def scrub_text(text: str) -> str:
     """`text` with every credential-looking part replaced."""
+    if len(text) <= _CACHED_TEXT_LENGTH:
+        return _scrub_recurring_text(text)
+    return _scrub_text(text)
+
+
+def _scrub_text(text: str) -> str:
     lowered = text.lower()
     for needle, pattern, replacement in CREDENTIAL_PATTERNS:
         if needle in lowered:
             text = pattern.sub(replacement, text)
     return text
+
+
+_scrub_recurring_text = lru_cache(maxsize=_CACHED_TEXTS)(_scrub_text)
 
 
 def _pair_name(item: object) -> object | None:
@@ -184,17 +198,94 @@ def scrub_event(event: dict[str, Any]) -> dict[str, Any]:
 
     A log record's arguments (`logentry.params`) are dropped when the formatted message is there:
     their meaning (`password=%s`) is in the template, not in their own keys, and the formatted,
-    scrubbed message says the same.
+    scrubbed message says the same. The trace's dynamic sampling context is kept as it is (but for
+    its transaction name): it becomes the envelope's `trace` header, and Sentry needs its
+    `public_key`, the DSN's public part, which every request to Sentry carries anyway.
     """
+    if event.get("type") == "transaction":
+        return _scrub_transaction(event)
+    return _scrub_event(event)
+
+
+def _scrub_event(event: dict[str, Any]) -> dict[str, Any]:
     user = event.get("user")
     logentry = event.get("logentry")
     if isinstance(logentry, Mapping) and logentry.get("formatted") is not None:
         event = {**event, "logentry": {k: v for k, v in logentry.items() if k != "params"}}
+    contexts = event.get("contexts")
+    sampling = None
+    if isinstance(contexts, Mapping) and isinstance(contexts.get("trace"), Mapping):
+        sampling = contexts["trace"].get("dynamic_sampling_context")
     scrubbed: dict[str, Any] = scrub({key: value for key, value in event.items() if key != "user"})
     if isinstance(user, Mapping):
         kept = {key: user[key] for key in ("id", "email", "username") if key in user}
         if kept:
             scrubbed["user"] = kept
+    if isinstance(sampling, Mapping):
+        name = sampling.get("transaction")
+        scrubbed["contexts"]["trace"]["dynamic_sampling_context"] = (
+            {**sampling, "transaction": scrub_text(name)} if isinstance(name, str) else sampling
+        )
+    return scrubbed
+
+
+#: What a transaction holds that the SDK fills from its own state (ids, times, its own name and
+#: version, the runtime, the settings' release and environment): nothing a request, a query or a
+#: user can put there, so it is copied rather than walked. A sampled request pays for the walk.
+_SDK_FIELDS = frozenset(
+    {
+        "type",
+        "event_id",
+        "timestamp",
+        "start_timestamp",
+        "platform",
+        "sdk",
+        "transaction_info",
+        "measurements",
+        "release",
+        "environment",
+        "dist",
+        "server_name",
+    }
+)
+_SDK_CONTEXTS = frozenset({"runtime"})
+_SDK_SPAN_FIELDS = frozenset(
+    {
+        "trace_id",
+        "span_id",
+        "parent_span_id",
+        "same_process_as_parent",
+        "op",
+        "start_timestamp",
+        "timestamp",
+        "origin",
+        "status",
+    }
+)
+
+
+def _scrub_transaction(event: dict[str, Any]) -> dict[str, Any]:
+    rest = {key: value for key, value in event.items() if key not in _SDK_FIELDS}
+    spans = rest.pop("spans", None)
+    contexts = rest.get("contexts")
+    if isinstance(contexts, Mapping):
+        rest["contexts"] = {k: v for k, v in contexts.items() if k not in _SDK_CONTEXTS}
+    scrubbed = _scrub_event(rest)
+    scrubbed.update((key, event[key]) for key in _SDK_FIELDS if key in event)
+    if isinstance(contexts, Mapping):
+        scrubbed["contexts"].update((k, contexts[k]) for k in _SDK_CONTEXTS if k in contexts)
+    if isinstance(spans, list):
+        scrubbed["spans"] = [_scrub_span(span) for span in spans]
+    elif spans is not None:
+        scrubbed["spans"] = scrub(spans)
+    return scrubbed
+
+
+def _scrub_span(span: Any) -> Any:
+    if not isinstance(span, Mapping):
+        return scrub(span)
+    scrubbed: dict[str, Any] = scrub({k: v for k, v in span.items() if k not in _SDK_SPAN_FIELDS})
+    scrubbed.update((key, span[key]) for key in _SDK_SPAN_FIELDS if key in span)
     return scrubbed
 
 

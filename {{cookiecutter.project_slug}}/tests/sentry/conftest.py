@@ -19,7 +19,7 @@ class CapturingTransport(Transport):
     """Keeps every envelope, serialized as it would go over the wire."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__({"dsn": DSN})  # the client takes the DSN's public key from here
         self.payloads: list[bytes] = []
 
     def capture_envelope(self, envelope: Envelope) -> None:

@@ -1,6 +1,7 @@
 """The request path: what each kind of request sends, checked on the serialized envelopes."""
 
 import asyncio
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -200,3 +201,17 @@ def test_with_sentry_off_the_app_gets_no_middleware(settings: Settings) -> None:
     app = create_app(settings)
     sentry.instrument_app(app, settings)
     assert app.user_middleware == [], app.user_middleware
+
+
+def test_envelopes_carry_the_dsn_public_key_for_trace_sampling(
+    client_for: Any, transport: CapturingTransport
+) -> None:
+    client = client_for(1.0)
+    assert client.get("/orders/7").status_code == 200
+    assert client.post("/orders/7/fail", json={}).status_code == 500
+    sentry_sdk.flush(timeout=2)
+    headers = [json.loads(payload.split(b"\n", 1)[0]) for payload in transport.payloads]
+    contexts = [header["trace"] for header in headers if "trace" in header]
+    assert len(contexts) == 2, f"expected a transaction and an error with a trace: {headers}"
+    keys = {context.get("public_key") for context in contexts}
+    assert keys == {"public"}, f"the scrubber must leave the DSN's public key for Sentry: {keys}"

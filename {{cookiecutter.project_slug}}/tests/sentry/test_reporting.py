@@ -1,7 +1,6 @@
 """Error reporting, checked on the envelopes the SDK would send (in memory, never the network)."""
 
 import logging
-from typing import ClassVar
 
 import pytest
 import sentry_sdk
@@ -14,7 +13,7 @@ from app.api.deps import CurrentUserDep
 from app.core.config import ConfigurationError, Settings, load_settings
 from app.main import create_app
 from tests.conftest import TokenFactory
-from tests.sentry.conftest import DSN, CapturingTransport
+from tests.sentry.conftest import CapturingTransport
 
 
 @pytest.fixture
@@ -250,27 +249,3 @@ def test_lifespan_instruments_the_loop_and_flushes(
         assert sentry_sdk.get_client().get_integration(AsyncioIntegration) is not None
         sentry.capture_message("queued just before shutdown")
     assert [e["message"] for e in transport.events] == ["queued just before shutdown"]
-
-
-def test_an_outage_is_logged_once_and_the_recovery_once(
-    sentry_settings: Settings, caplog: pytest.LogCaptureFixture
-) -> None:
-    options = {"dsn": DSN, "transport_queue_size": 10, "_experiments": {}, "proxy_headers": None}
-    outage = sentry.OutageLoggingTransport(sentry_sdk.client._get_options(**options))
-    caplog.set_level(logging.INFO, logger="app.sentry")
-    for reason in ("network", "status_500", "status_429"):
-        outage.on_dropped_event(reason)
-
-    class Answer:
-        status = 200
-        headers: ClassVar[dict[str, str]] = {}
-
-        def close(self) -> None:
-            """Nothing to release."""
-
-    outage._handle_response(Answer(), None)
-    outage._handle_response(Answer(), None)
-    outage.kill()
-    messages = [record.getMessage() for record in caplog.records]
-    assert len(messages) == 2, messages
-    assert "not accepting events (network)" in messages[0] and "again" in messages[1], messages
