@@ -11,6 +11,7 @@
    and resident memory, each with its ratio to the `no` variant. A ratio is the median over rounds
    of the ratio within a round; figures are medians over rounds.
 5. Times a failed request in-process with and without Sentry, and the scrubber on its event.
+6. Times sending one transaction with the SDK's HTTP transport and with the project's transport.
 
 Needs wrk (Debian's package). Run as root with apt-get, it is installed when missing.
 Figures depend on the machine: compare ratios, not absolute numbers, across machines.
@@ -414,6 +415,57 @@ def error_cost(project: Path, venv: Path) -> None:
     )
 
 
+SEND_COST = """
+import sys, time
+import sentry_sdk.client
+from sentry_sdk.envelope import Envelope
+from sentry_sdk.transport import HttpTransport
+from app.sentry_transport import SentryTransport
+
+options = sentry_sdk.client._get_options(dsn=sys.argv[1])
+event = {"type": "transaction", "transaction": "/api/v1/items/{item_id}",
+         "contexts": {"trace": {"trace_id": "a" * 32, "span_id": "b" * 16, "op": "http.server"}},
+         "spans": [{"span_id": "c" * 16, "op": "db", "description": "SELECT items.id FROM items "
+                    "WHERE items.id = ? AND items.tenant_id = ?"}] * 3,
+         "timestamp": 1.0, "start_timestamp": 0.5}
+
+def envelope():
+    built = Envelope(headers={"event_id": "d" * 32})
+    built.add_transaction(event)
+    return built
+
+for name, transport, send in (
+    ("sdk", HttpTransport(options), lambda t: t._send_envelope(envelope())),
+    ("ours", SentryTransport(options), lambda t: t._deliver(envelope())),
+):
+    for _ in range(100):
+        send(transport)
+    count, started = 2000, time.process_time()
+    for _ in range(count):
+        send(transport)
+    print(name, (time.process_time() - started) / count * 1e6)
+"""
+
+
+def send_cost(project: Path, venv: Path, dsn: str) -> None:
+    """CPU per envelope (a 1.4 KiB transaction) to send it to the sink and read the answer: the
+    SDK's HTTP transport against the project's, one after the other, in the yes variant."""
+    result = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", SEND_COST, dsn],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=base_env(project),
+    )
+    figures = dict(line.split() for line in result.stdout.splitlines())
+    sdk, ours = float(figures["sdk"]), float(figures["ours"])
+    print(
+        f"sending one transaction (CPU, 2000 in a row to the sink): {sdk:.0f} us with the SDK's "
+        f"HTTP transport, {ours:.0f} us with app/sentry_transport.py ({sdk / ours:.1f}x less)"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -432,8 +484,9 @@ def main() -> int:
     with sink() as dsn:
         for number in range(args.rounds):
             run_round(number, args, wrk_binary, projects, dsn, results)
-    print_table(results, args)
-    error_cost(*projects["yes"][:2])
+        print_table(results, args)
+        error_cost(*projects["yes"][:2])
+        send_cost(*projects["yes"][:2], dsn)
     return 0
 
 

@@ -4,7 +4,7 @@ Before an event is sent, the SDK passes every value in it through its serializer
 values JSON-safe (datetimes become timestamps, other objects their `repr`), trims large "databags"
 (request bodies, breadcrumb data, `extra`) and records what it changed under `_meta`. It does so
 one value at a time in Python, a few microseconds each: for a sampled request's transaction, about
-a third of its cost on the benchmark machine (docs/adr/0005).
+a third of its cost on the template's benchmark machine (docs/adr/0003).
 
 A transaction made of dicts, lists, strings, numbers and datetimes, with nothing to trim, comes
 out of that serializer unchanged but for the datetimes. `serialize` here gives the same result

@@ -1,11 +1,11 @@
 """Delivery of Sentry envelopes: one kept-alive HTTP connection, written to by a background thread.
 
-The SDK's own HTTP transport spent about 430 µs of CPU per envelope on this project's benchmark
-machine (urllib3's pool and response objects, gzip at level 9, and the SDK's instrumentation of
-http.client, which it then has to skip for its own requests). In a service that traces one request
-in ten, that was the largest single part of what tracing cost (docs/adr/0005). This transport
-writes each envelope to one kept-alive connection and reads the answer with a small parser: about
-50 µs. What it keeps from the SDK's transport:
+The SDK's own HTTP transport spent several hundred microseconds of CPU per envelope on the
+template's benchmark machine (urllib3's pool and response objects, gzip at level 9, and the SDK's
+instrumentation of http.client, which it then has to skip for its own requests): in a service that
+traces one request in ten, a large part of what tracing cost (docs/adr/0003). This transport writes
+each envelope to one kept-alive connection and reads the answer with a small parser, for a fraction
+of that. What it keeps from the SDK's transport:
 
 - nothing is sent on the request path: `capture_envelope` only queues, up to the
   `transport_queue_size` option; beyond that envelopes are dropped and counted;
