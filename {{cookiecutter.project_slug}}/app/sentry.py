@@ -41,7 +41,7 @@ try:
     from sentry_sdk.integrations.starlette import StarletteIntegration
     from sentry_sdk.utils import Dsn
 
-    from app import sentry_serializer
+    from app import sentry_ids, sentry_serializer
     from app.sentry_asgi import (
         TracingMiddleware,
         enable_asyncio_spans_for_traced_requests,
@@ -119,6 +119,7 @@ def init_sentry(settings: Settings, *, transport: "Transport | None" = None) -> 
     _skip_reported_exceptions_in_logging()
     _quiet_sdk_debug_logging()
     sentry_serializer.install()
+    sentry_ids.install()
     logger.info(
         "Sentry is on: environment=%s release=%s traces_sample_rate=%s",
         settings.sentry_environment,

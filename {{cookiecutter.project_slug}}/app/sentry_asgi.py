@@ -29,6 +29,8 @@ from sentry_sdk.integrations.asyncio import enable_asyncio_integration
 from sentry_sdk.tracing import TransactionSource
 from sentry_sdk.utils import event_from_exception
 
+from app import sentry_transactions
+
 if TYPE_CHECKING:
     from sentry_sdk.types import Event, Hint
 
@@ -76,8 +78,9 @@ class TracingMiddleware:
             body = _BodyCopy(receive) if has_body else None
             receive = body.receive if body is not None else receive
             sentry_scope.add_event_processor(_request_processor(scope, body))
-            if _sampled(trace_header, self.traces_sample_rate):
-                await self._traced(scope, receive, send, sentry_scope)
+            sampled, chance, draw = _sampling(trace_header, self.traces_sample_rate)
+            if sampled:
+                await self._traced(scope, receive, send, sentry_scope, chance, draw)
                 return
             # Its own trace id (or the caller's), on both scopes: the current scope's would win,
             # as would a span the server's context carried in.
@@ -96,7 +99,13 @@ class TracingMiddleware:
                 raise
 
     async def _traced(
-        self, scope: Scope, receive: Receive, send: Send, sentry_scope: sentry_sdk.Scope
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        sentry_scope: sentry_sdk.Scope,
+        chance: float,
+        draw: float | None,
     ) -> None:
         transaction = sentry_scope.continue_trace(
             _incoming_trace(scope),
@@ -115,6 +124,12 @@ class TracingMiddleware:
 
         sampling_context = {"asgi_scope": scope}
         with sentry_sdk.start_transaction(transaction, custom_sampling_context=sampling_context):
+            # What the trace's dynamic sampling context tells Sentry: the rate that applied (the
+            # SDK would say 1.0, the decision having been made here), and the draw that fell
+            # under it (Sentry scales counts by the rate; callees may sample with the draw).
+            transaction.sample_rate = chance
+            if draw is not None and hasattr(transaction, "_sample_rand"):
+                transaction._sample_rand = draw
             try:
                 await self.app(scope, receive, send_and_record_status)
             except Exception as error:
@@ -125,6 +140,7 @@ class TracingMiddleware:
                 route = _route_template(scope)
                 if route is not None:
                     transaction.name, transaction.source = route, TransactionSource.ROUTE
+                sentry_transactions.finish(transaction)
 
     def _capture_later(self, error: Exception) -> None:
         """Report `error` once the server has sent the 500, still in this request's scope."""
@@ -183,14 +199,22 @@ def sample_rate(rate: float, parent_sampled: bool | None) -> float:
     return rate
 
 
-def _sampled(trace_header: str | None, rate: float) -> bool:
+def _sampling(trace_header: str | None, rate: float) -> tuple[bool, float, float | None]:
+    """(whether to trace the request, the rate that applied, the random draw if one was made)."""
     parent_sampled = None
     if trace_header is not None:
         flag = trace_header.rsplit("-", 2)[1:]
         if len(flag) == 2 and flag[1] in {"0", "1"}:
             parent_sampled = flag[1] == "1"
     chance = sample_rate(rate, parent_sampled)
-    return chance >= 1.0 or (chance > 0 and random.random() < chance)  # noqa: S311 - not security
+    if chance >= 1.0 or chance <= 0.0:
+        return chance >= 1.0, chance, None
+    draw = random.random()  # noqa: S311 - sampling, not security
+    return draw < chance, chance, draw
+
+
+def _sampled(trace_header: str | None, rate: float) -> bool:
+    return _sampling(trace_header, rate)[0]
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -249,6 +249,10 @@ _SDK_FIELDS = frozenset(
     }
 )
 _SDK_CONTEXTS = frozenset({"runtime"})
+#: The trace context's fields, but its data and description, are ids and names the SDK sets.
+_SDK_TRACE_FIELDS = frozenset(
+    {"trace_id", "span_id", "parent_span_id", "op", "origin", "status", "dynamic_sampling_context"}
+)
 _SDK_SPAN_FIELDS = frozenset(
     {
         "trace_id",
@@ -268,12 +272,21 @@ def _scrub_transaction(event: dict[str, Any]) -> dict[str, Any]:
     rest = {key: value for key, value in event.items() if key not in _SDK_FIELDS}
     spans = rest.pop("spans", None)
     contexts = rest.get("contexts")
+    trace = contexts.get("trace") if isinstance(contexts, Mapping) else None
     if isinstance(contexts, Mapping):
         rest["contexts"] = {k: v for k, v in contexts.items() if k not in _SDK_CONTEXTS}
+        if isinstance(trace, Mapping):
+            rest["contexts"]["trace"] = {
+                k: v for k, v in trace.items() if k not in _SDK_TRACE_FIELDS
+            }
     scrubbed = _scrub_event(rest)
     scrubbed.update((key, event[key]) for key in _SDK_FIELDS if key in event)
     if isinstance(contexts, Mapping):
         scrubbed["contexts"].update((k, contexts[k]) for k in _SDK_CONTEXTS if k in contexts)
+        if isinstance(trace, Mapping):
+            scrubbed["contexts"]["trace"].update(
+                (k, trace[k]) for k in _SDK_TRACE_FIELDS if k in trace
+            )
     if isinstance(spans, list):
         scrubbed["spans"] = [_scrub_span(span) for span in spans]
     elif spans is not None:

@@ -66,6 +66,10 @@ def fast_path(sdk_serialize: Serializer) -> Serializer:
     return serialize
 
 
+#: The SDK's serializer behind the fast path, for callers that serialize an event themselves.
+serialize_event = fast_path(sentry_sdk.serializer.serialize)
+
+
 def install() -> bool:
     """Put the fast path in front of the SDK's serializer, once. Returns whether it is in place.
 

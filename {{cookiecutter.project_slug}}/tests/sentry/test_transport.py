@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import sentry_sdk.client
 from sentry_sdk.envelope import Envelope
+from sentry_sdk.transport import HttpTransport
 
 from app import sentry_transport
 from app.sentry_transport import (
@@ -240,3 +241,17 @@ def test_large_envelopes_are_compressed() -> None:
     transport.flush(2)
     transport.kill()
     assert connection.sent and connection.sent[0][:2] == b"\x1f\x8b", "not gzipped"
+
+
+def test_a_socks_proxy_is_left_to_the_sdks_transport(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert sentry_transport.transport_class(DSN) is SentryTransport
+    monkeypatch.setenv("http_proxy", "socks5://proxy.internal:1080")
+    assert sentry_transport.transport_class(DSN) is HttpTransport
+
+
+def test_through_a_plain_proxy_the_request_names_the_whole_url() -> None:
+    target = Target("http", "sentry.test", 9000, "/api/1/envelope/", ("proxy", 3128), "Basic eA==")
+    head = SentryTransport._request_head(target, "Sentry sentry_key=public")
+    lines = head.split("\r\n")
+    assert lines[0] == "POST http://sentry.test:9000/api/1/envelope/ HTTP/1.1", lines
+    assert "Host: sentry.test:9000" in lines and "Proxy-Authorization: Basic eA==" in lines, lines
