@@ -11,7 +11,8 @@
    and resident memory, each with its ratio to the `no` variant. A ratio is the median over rounds
    of the ratio within a round; figures are medians over rounds.
 5. Times a failed request in-process with and without Sentry, and the scrubber on its event.
-6. Times sending one transaction with the SDK's HTTP transport and with the project's transport.
+6. Times the trivial route in-process: Sentry off, tracing off, every request traced.
+7. Times sending one transaction with the SDK's HTTP transport and with the project's transport.
 
 Needs wrk (Debian's package). Run as root with apt-get, it is installed when missing.
 Figures depend on the machine: compare ratios, not absolute numbers, across machines.
@@ -415,6 +416,83 @@ def error_cost(project: Path, venv: Path) -> None:
     )
 
 
+REQUEST_COST = """
+import asyncio, sys, time
+from pydantic import SecretStr
+from sentry_sdk.transport import Transport
+from app import sentry
+from app.core.config import Settings
+from app.main import create_app
+
+class Keep(Transport):
+    def capture_envelope(self, envelope):
+        envelope.serialize()
+
+rate = sys.argv[1]
+dsn = "" if rate == "off" else "http://k@127.0.0.1:9/1"
+settings = Settings(environment="test", database_url="sqlite://", sentry_dsn=SecretStr(dsn),
+                    sentry_traces_sample_rate=0.0 if rate == "off" else float(rate),
+                    sentry_profiles_sample_rate=0.0)
+app = create_app(settings)
+if dsn:
+    sentry.init_sentry(settings, transport=Keep({"dsn": dsn}))
+
+@app.get("/bench/ping")
+async def ping() -> dict[str, str]:
+    return {"pong": "ok"}
+
+HEADERS = [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"wrk")]
+
+async def one():
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+             "scheme": "http", "path": "/bench/ping", "raw_path": b"/bench/ping",
+             "query_string": b"", "root_path": "", "headers": HEADERS,
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000)}
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+    async def send(message):
+        pass
+    await app(scope, receive, send)
+
+async def main():
+    async with app.router.lifespan_context(app):
+        for _ in range(500):
+            await one()
+        best = float("inf")
+        for _ in range(5):
+            count, started = 3000, time.process_time()
+            for _ in range(count):
+                await one()
+            best = min(best, (time.process_time() - started) / count * 1e6)
+    print(best)
+
+asyncio.run(main())
+"""
+
+
+def request_cost(project: Path, venv: Path) -> None:
+    """CPU per request of the trivial route in-process (no server, no network, so far less noisy
+    than wrk): Sentry off, on with tracing off, and on with every request traced; the last minus
+    the second is what one traced request costs. Best of 5 runs of 3000 requests."""
+    figures = {}
+    for rate in ("off", "0", "1.0"):
+        result = subprocess.run(
+            [str(venv / "bin" / "python"), "-c", REQUEST_COST, rate],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            check=True,
+            env=base_env(project),
+        )
+        figures[rate] = float(result.stdout.split()[-1])
+    off, untraced, traced = figures["off"], figures["0"], figures["1.0"]
+    print(
+        f"trivial route in-process (CPU per request, best of 5 x 3000): {off:.0f} us without "
+        f"Sentry, {untraced:.0f} us with tracing off (+{untraced - off:.0f}), {traced:.0f} us "
+        f"with every request traced: {traced - untraced:.0f} us per traced request"
+    )
+
+
 SEND_COST = """
 import sys, time
 import sentry_sdk.client
@@ -486,6 +564,7 @@ def main() -> int:
             run_round(number, args, wrk_binary, projects, dsn, results)
         print_table(results, args)
         error_cost(*projects["yes"][:2])
+        request_cost(*projects["yes"][:2])
         send_cost(*projects["yes"][:2], dsn)
     return 0
 
