@@ -12,8 +12,8 @@ does, for a request that is not traced and does not fail, only what cannot wait:
 
 Everything else happens only when it is needed: the request context (method, URL, headers, query,
 body) is read when an event is built, and a transaction, with spans and the route template as its
-name, is started only for a request that is sampled. The SDK still does the rest: client, scopes,
-serialization, transport.
+name, is started only for a request that is sampled; app/sentry_transactions.py sends it when the
+request ends. The SDK still does the rest: client, scopes, transaction and span objects.
 """
 
 import asyncio
@@ -211,10 +211,6 @@ def _sampling(trace_header: str | None, rate: float) -> tuple[bool, float, float
         return chance >= 1.0, chance, None
     draw = random.random()  # noqa: S311 - sampling, not security
     return draw < chance, chance, draw
-
-
-def _sampled(trace_header: str | None, rate: float) -> bool:
-    return _sampling(trace_header, rate)[0]
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

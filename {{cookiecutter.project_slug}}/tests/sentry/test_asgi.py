@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from app import sentry
 from app.core.config import Settings
 from app.main import create_app
-from app.sentry_asgi import MAX_BODY_BYTES, _sampled
+from app.sentry_asgi import MAX_BODY_BYTES, _sampling
 from tests.conftest import TokenFactory
 from tests.sentry.conftest import CapturingTransport
 
@@ -110,9 +110,9 @@ def test_a_caller_decides_for_the_trace_but_not_when_tracing_is_off(
     transactions = transport.items("transaction")
     assert len(transactions) == 10, f"{len(transactions)} of 10 asked-for traces were sent"
     assert {t["contexts"]["trace"]["trace_id"] for t in transactions} == {trace_id}
-    assert _sampled(f"{trace_id}-b7ad6b7169203331-1", 0.0) is False
-    assert _sampled(f"{trace_id}-b7ad6b7169203331", 1.0) is True
-    assert _sampled(None, 0.0) is False
+    assert _sampling(f"{trace_id}-b7ad6b7169203331-1", 0.0) == (False, 0.0, None)
+    assert _sampling(f"{trace_id}-b7ad6b7169203331", 1.0) == (True, 1.0, None)
+    assert _sampling(None, 0.0) == (False, 0.0, None)
 
 
 def test_a_failed_request_is_one_event_with_its_request(
