@@ -48,6 +48,7 @@ SENSITIVE_KEY_PARTS: tuple[str, ...] = (
     "private",
     "pwd",
     "real-ip",
+    "real_ip",
     "remote_addr",
     "secret",
     "session",
@@ -56,8 +57,11 @@ SENSITIVE_KEY_PARTS: tuple[str, ...] = (
     "xsrf",
 )
 #: Keys that are sensitive only as a whole word: `client` is the client's address in an ASGI scope
-#: (a request object held in a local variable), `ip` an address anywhere.
-SENSITIVE_KEYS = frozenset({"client", "ip", "client_ip", "remote_ip", "x-client-ip"})
+#: (a request object held in a local variable), `ip` an address anywhere, `sid` and the cookie
+#: names of common frameworks a session id.
+SENSITIVE_KEYS = frozenset(
+    {"client", "ip", "client_ip", "remote_ip", "x-client-ip", "sid", "connect.sid", "phpsessid"}
+)
 
 #: A key (in a query string, an assignment, a repr) that contains a sensitive word.
 _KEY_CHAR = r"[^\s=:&#?;,\"'()\[\]{}<>]"

@@ -193,3 +193,8 @@ def test_secrets_in_locals_extra_context_tags_and_breadcrumbs_stay_home(
     for name, secret in secrets.items():
         assert secret.encode() not in wire, f"the {name} secret went over the wire"
     assert b"203.0.113.5" not in wire, "the client address went over the wire"
+
+
+@pytest.mark.parametrize("key", ["X_Real_IP", "x-real-ip", "sid", "connect.sid", "PHPSESSID"])
+def test_keys_the_sdks_own_denylist_knows_are_covered(key: str) -> None:
+    assert scrub({key: MARKER}) == {key: FILTERED}, f"{key} got through"
