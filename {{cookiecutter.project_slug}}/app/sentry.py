@@ -48,7 +48,7 @@ try:
         sample_rate,
     )
     from app.sentry_frames import add_app_frame_detail
-    from app.sentry_transport import SentryTransport, transport_class
+    from app.sentry_transport import transport_class
 except ImportError:  # pragma: no cover - exercised by a test that hides the package
     sentry_sdk = None  # type: ignore[assignment]
 
@@ -157,26 +157,18 @@ async def _report_server_errors(request: Request, error: Exception) -> Response:
 
 @asynccontextmanager
 async def sentry_lifespan() -> AsyncIterator[None]:
-    """Run around the app's lifespan: instrument the server's event loop, send from it, flush at
-    shutdown.
+    """Run around the app's lifespan: instrument the server's event loop, flush at shutdown.
 
     The asyncio integration patches the *running* loop, so it can only be enabled here, once the
-    server has started its loop, not when the app is imported. The same goes for the transport,
-    which sends what requests report from this loop (app/sentry_transport.py).
+    server has started its loop, not when the app is imported.
     """
-    transport = None
     if sentry_sdk is not None and sentry_sdk.get_client().is_active():
         enable_asyncio_spans_for_traced_requests()
-        transport = sentry_sdk.get_client().transport
-        if isinstance(transport, SentryTransport):
-            transport.attach_loop(asyncio.get_running_loop())
     try:
         yield
     finally:
         if sentry_sdk is not None and sentry_sdk.get_client().is_active():
             await asyncio.to_thread(sentry_sdk.flush, timeout=SHUTDOWN_FLUSH_SECONDS)
-        if transport is not None and isinstance(transport, SentryTransport):
-            transport.detach_loop()
 
 
 def set_user_context(user_id: str, tenant_id: str, email: str | None = None) -> None:

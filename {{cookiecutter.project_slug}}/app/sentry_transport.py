@@ -20,9 +20,7 @@ against a server that is down; and the service's log says once that events are b
 once that Sentry accepts them again (the SDK itself is silent unless `debug` is on).
 """
 
-import asyncio
 import contextlib
-import contextvars
 import gzip
 import logging
 import os
@@ -34,7 +32,7 @@ import time
 import urllib.request
 from base64 import b64encode
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -313,90 +311,6 @@ def retry_after_seconds(value: str | None) -> float:
     return DEFAULT_RETRY_AFTER_SECONDS
 
 
-def parse_answer(buffer: bytes, *, at_end: bool = False) -> tuple[Answer, bool, int] | None:
-    """(answer, keep-alive, bytes used) from the start of `buffer`, or None if it is incomplete.
-
-    `at_end`: the server has closed the connection, so a body without a length ends here.
-    """
-    end = buffer.find(b"\r\n\r\n")
-    if end < 0:
-        if len(buffer) > MAX_HEAD_BYTES:
-            raise ValueError("the answer's head is too large")
-        return None
-    head = buffer[:end]
-    lines = head.split(b"\r\n")
-    status = _status(head)
-    headers: dict[bytes, bytes] = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        headers[name.strip().lower()] = value.strip()
-    keep_alive = lines[0].startswith(b"HTTP/1.1") and headers.get(b"connection") != b"close"
-    position = end + 4
-    if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
-        while True:
-            line_end = buffer.find(b"\r\n", position)
-            if line_end < 0:
-                return None
-            size = int(buffer[position:line_end].split(b";")[0], 16)
-            position = line_end + 2 + size + 2
-            if position > len(buffer):
-                return None
-            if size == 0:
-                break
-    elif b"content-length" in headers:
-        position += int(headers[b"content-length"])
-        if position > len(buffer):
-            return None
-    elif status not in (204, 304):
-        if not at_end:
-            return None
-        keep_alive, position = False, len(buffer)
-    answer = Answer(
-        status, _text(headers.get(b"x-sentry-rate-limits")), _text(headers.get(b"retry-after"))
-    )
-    return answer, keep_alive, position
-
-
-class _LoopConnection(asyncio.Protocol):
-    """The event loop's connection to the server: hands each answer to the transport."""
-
-    def __init__(self, owner: "SentryTransport") -> None:
-        self.owner = owner
-        self.transport: asyncio.Transport | None = None
-        self.buffer = b""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        self._answers(at_end=False)
-
-    def eof_received(self) -> bool | None:
-        self._answers(at_end=True)
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.owner._loop_connection_lost(self)
-
-    def _answers(self, *, at_end: bool) -> None:
-        try:
-            parsed = parse_answer(self.buffer, at_end=at_end)
-        except ValueError:
-            self.close()
-            return
-        if parsed is not None:
-            answer, keep_alive, used = parsed
-            self.buffer = self.buffer[used:]
-            if not keep_alive:
-                self.close()
-            self.owner._loop_answered(self, answer)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
 class SentryTransport(Transport):
     """See the module's docstring. One instance per process that sends to Sentry."""
 
@@ -421,16 +335,6 @@ class SentryTransport(Transport):
         self._failing = False
         self._dropped_full = 0
         self._full_logged_at = -QUEUE_FULL_LOG_INTERVAL_SECONDS
-        self._target = target
-        self._tls: Callable[[], ssl.SSLContext] = lambda: _tls_context(options)
-        # Sending from the event loop (see attach_loop); touched on the loop's thread only.
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = 0
-        self._loop_queue: deque[Envelope] = deque()
-        self._loop_connection: _LoopConnection | None = None
-        self._loop_connecting = False
-        self._loop_busy = False
-        self._loop_timer: asyncio.TimerHandle | None = None
 
     @staticmethod
     def _request_head(target: Target, auth_header: str) -> str:
@@ -453,10 +357,6 @@ class SentryTransport(Transport):
     # ---- the request path: queue only ------------------------------------------------------
 
     def capture_envelope(self, envelope: Envelope) -> None:
-        loop = self._loop
-        if loop is not None and threading.get_ident() == self._loop_thread and loop.is_running():
-            self._capture_on_loop(envelope)
-            return
         with self._condition:
             if self._pid != os.getpid():  # first use, or a forked worker (gunicorn --preload)
                 self._start()
@@ -486,121 +386,6 @@ class SentryTransport(Transport):
                 self._capacity,
             )
 
-    # ---- sending from the event loop ----------------------------------------------------------
-
-    def attach_loop(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """Send envelopes captured on `loop`'s thread from the loop itself. Returns whether it will.
-
-        Handing each envelope to the background thread costs a wake-up and two passes of the GIL
-        between threads, which under load cost more than the send itself (docs/adr/0003). On the
-        loop, an envelope is written to a non-blocking connection and the answer is read when it
-        comes, one request at a time. Call it from the loop's thread; `detach_loop` undoes it.
-        Through a proxy, envelopes keep going through the thread.
-        """
-        if self._target.proxy is not None:
-            return False
-        self._loop, self._loop_thread = loop, threading.get_ident()
-        return True
-
-    def detach_loop(self) -> None:
-        """Stop sending from the loop; what it still holds goes to the background thread."""
-        pending = list(self._loop_queue)
-        self._loop_queue.clear()
-        if self._loop_connection is not None:
-            self._loop_connection.close()
-        self._loop = None
-        for envelope in pending:
-            self.capture_envelope(envelope)
-
-    def _capture_on_loop(self, envelope: Envelope) -> None:
-        if len(self._loop_queue) >= self._capacity:
-            self._dropped_full += 1
-            self._log_full_queue()
-            return
-        self._loop_queue.append(envelope)
-        self._pump()
-
-    def _pump(self) -> None:
-        """Send the next queued envelope if the connection is free (opening it if needed)."""
-        loop = self._loop
-        if loop is None or self._loop_busy or self._loop_connecting:
-            return
-        while self._loop_queue:
-            connection = self._loop_connection
-            transport = None if connection is None else connection.transport
-            if transport is None or transport.is_closing():
-                self._loop_connection = None
-                self._loop_connecting = True
-                coroutine = self._open_loop_connection(loop)
-                loop.create_task(coroutine, context=contextvars.Context())  # outside any trace
-                return
-            request = self._request(self._loop_queue.popleft())
-            if request is None:
-                continue
-            transport.write(request[0] + request[1])
-            self._loop_busy = True
-            self._loop_timer = loop.call_later(SEND_TIMEOUT_SECONDS, self._loop_timed_out)
-            return
-        self._notify()
-
-    async def _open_loop_connection(self, loop: asyncio.AbstractEventLoop) -> None:
-        target = self._target
-        try:
-            _, connection = await asyncio.wait_for(
-                self._create_loop_connection(loop, lambda: _LoopConnection(self)),
-                SEND_TIMEOUT_SECONDS,
-            )
-        except (TimeoutError, OSError, ValueError) as error:
-            self._loop_connecting = False
-            self._loop_queue.clear()  # dropped, as they would be while backing off
-            self._failed(f"cannot connect to {target.host}:{target.port} ({error})")
-            self._notify()
-            return
-        self._loop_connecting = False
-        self._loop_connection = connection
-        self._pump()
-
-    def _create_loop_connection(
-        self, loop: asyncio.AbstractEventLoop, factory: Callable[[], _LoopConnection]
-    ) -> Awaitable[tuple[asyncio.BaseTransport, _LoopConnection]]:
-        target = self._target
-        tls = self._tls() if target.tls else None
-        return loop.create_connection(factory, target.host, target.port, ssl=tls)
-
-    def _loop_answered(self, connection: _LoopConnection, answer: Answer) -> None:
-        if connection is not self._loop_connection or not self._loop_busy:
-            return
-        self._end_loop_send()
-        self._answered(answer)
-        self._pump()
-
-    def _loop_connection_lost(self, connection: _LoopConnection) -> None:
-        if connection is not self._loop_connection:
-            return
-        self._loop_connection = None
-        if self._loop_busy:
-            self._end_loop_send()
-            self._failed("the connection was lost before the answer")
-        self._pump()
-
-    def _loop_timed_out(self) -> None:
-        self._loop_timer = None
-        if self._loop_connection is not None:
-            self._loop_connection.close()  # connection_lost reports the failure
-
-    def _end_loop_send(self) -> None:
-        self._loop_busy = False
-        if self._loop_timer is not None:
-            self._loop_timer.cancel()
-            self._loop_timer = None
-
-    def _notify(self) -> None:
-        with self._condition:
-            self._condition.notify_all()
-
-    def _loop_pending(self) -> int:
-        return len(self._loop_queue) + (self._loop_busy or self._loop_connecting)
-
     # ---- the background thread ----------------------------------------------------------------
 
     def _run(self) -> None:
@@ -622,25 +407,12 @@ class SentryTransport(Transport):
                     self._condition.notify_all()
 
     def _deliver(self, envelope: Envelope) -> None:
-        request = self._request(envelope)
-        if request is None:
-            return
-        try:
-            answer = self._connection.post(*request)
-        except SendError as error:
-            self._failed(str(error))
-            return
-        self._answered(answer)
-
-    def _request(self, envelope: Envelope) -> tuple[bytes, bytes] | None:
-        """The request's head and body, or None if the envelope is not to be sent now (backing
-        off after a failure, or all its items rate limited)."""
         now = time.monotonic()
         if now < self._retry_at:
-            return None  # backing off after a failure: the envelope is dropped
+            return  # backing off after a failure: the envelope is dropped
         items = [item for item in envelope.items if not self._limited(item.data_category, now)]
         if not items:
-            return None
+            return
         if len(items) < len(envelope.items):
             envelope = Envelope(headers=envelope.headers, items=items)
         body = envelope.serialize()
@@ -649,7 +421,12 @@ class SentryTransport(Transport):
             body = gzip.compress(body, compresslevel=1)
             head += "Content-Encoding: gzip\r\n"
         head += f"Content-Length: {len(body)}\r\n\r\n"
-        return head.encode("latin-1"), body
+        try:
+            answer = self._connection.post(head.encode("latin-1"), body)
+        except SendError as error:
+            self._failed(str(error))
+            return
+        self._answered(answer)
 
     def _limited(self, category: str, now: float) -> bool:
         limits = self._limits
@@ -698,23 +475,16 @@ class SentryTransport(Transport):
     def flush(self, timeout: float, callback: Callable[[int, float], None] | None = None) -> None:
         """Wait up to `timeout` seconds for the queue to be sent; say so if events are left."""
         deadline = time.monotonic() + timeout
-        # The loop's side can only be waited for from another thread, while the loop runs on.
-        loop_side = self._loop is not None and threading.get_ident() != self._loop_thread
-
-        def pending() -> int:
-            in_thread = len(self._queue) + self._busy if self._pid == os.getpid() else 0
-            return in_thread + (self._loop_pending() if loop_side else 0)
-
         with self._condition:
-            waiting = pending()
+            waiting = len(self._queue) + self._busy
             if waiting and callback is not None:
                 callback(waiting, timeout)
-            while pending():
+            while (self._queue or self._busy) and self._pid == os.getpid():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._condition.wait(remaining)
-            unsent = pending()
+            unsent = len(self._queue) + self._busy if self._pid == os.getpid() else 0
         if unsent:
             self._report_outage(f"{unsent} events still unsent after waiting {timeout:g} s")
 
@@ -724,12 +494,6 @@ class SentryTransport(Transport):
             self._queue.clear()
             self._condition.notify_all()
         self._connection.close()
-        loop, connection = self._loop, self._loop_connection
-        if loop is not None and connection is not None:
-            if threading.get_ident() == self._loop_thread:
-                connection.close()
-            elif loop.is_running():
-                loop.call_soon_threadsafe(connection.close)
 
     def is_healthy(self) -> bool:
         return not self._failing and len(self._queue) < self._capacity

@@ -4,11 +4,9 @@ No network: answers are written by the test into one end of `socket.socketpair()
 transport's own tests replace its connection with one that answers from a script.
 """
 
-import asyncio
 import logging
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -259,128 +257,6 @@ def test_through_a_plain_proxy_the_request_names_the_whole_url() -> None:
     assert "Host: sentry.test:9000" in lines and "Proxy-Authorization: Basic eA==" in lines, lines
 
 
-OK_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
-
-
-async def _serve(server: socket.socket, answers: list[bytes], requests: list[bytes]) -> None:
-    """Answer each request that arrives on `server` with the next of `answers`, one at a time."""
-    loop = asyncio.get_running_loop()
-    buffer = b""
-    for answer in answers:
-        while b"\r\n\r\n" not in buffer or not buffer.endswith(b"}\n"):
-            chunk = await loop.sock_recv(server, 65536)
-            if not chunk:
-                return
-            buffer += chunk
-        requests.append(buffer)
-        buffer = b""
-        await loop.sock_sendall(server, answer)
-
-
-def _on_loop(
-    monkeypatch: pytest.MonkeyPatch, answers: list[bytes], kinds: list[str]
-) -> list[bytes]:
-    """Capture envelopes of `kinds` on a running loop, served from a socket pair; flush from a
-    thread as the app's lifespan does. Returns the requests the server saw."""
-    transport = SentryTransport(sentry_sdk.client._get_options(dsn=DSN))
-    ours, server = socket.socketpair()
-    server.setblocking(False)
-    requests: list[bytes] = []
-
-    def connect(loop: asyncio.AbstractEventLoop, factory: Any) -> Any:
-        return loop.create_connection(factory, sock=ours)
-
-    monkeypatch.setattr(transport, "_create_loop_connection", connect)
-
-    async def scenario() -> None:
-        assert transport.attach_loop(asyncio.get_running_loop())
-        serving = asyncio.create_task(_serve(server, answers, requests))
-        for kind in kinds:
-            transport.capture_envelope(_envelope(kind))
-        await asyncio.to_thread(transport.flush, 2)
-        serving.cancel()
-        transport.detach_loop()
-
-    asyncio.run(scenario())
-    server.close()
-    transport.kill()
-    return requests
-
-
-def test_envelopes_captured_on_the_loop_are_sent_from_it_in_order(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    requests = _on_loop(monkeypatch, [OK_ANSWER] * 3, ["event", "transaction", "event"])
-    kinds = [b'"type":"transaction"' in request for request in requests]
-    assert kinds == [False, True, False], requests
-
-
-def test_a_failure_on_the_loop_is_logged_and_backed_off(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="app.sentry")
-    failed = b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n"
-    requests = _on_loop(monkeypatch, [failed, OK_ANSWER], ["event", "event", "event"])
-    assert len(requests) == 1, "envelopes were sent to a server that just failed"
-    messages = [record.getMessage() for record in caplog.records]
-    assert len(messages) == 1 and "not accepting events (HTTP 503)" in messages[0], messages
-
-
-def test_a_server_that_cannot_be_reached_from_the_loop_does_not_hold_up_a_flush(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    transport = SentryTransport(sentry_sdk.client._get_options(dsn=DSN))
-
-    async def refuse(loop: asyncio.AbstractEventLoop, factory: Any) -> Any:
-        raise ConnectionRefusedError("refused")
-
-    monkeypatch.setattr(transport, "_create_loop_connection", refuse)
-    caplog.set_level(logging.INFO, logger="app.sentry")
-
-    async def scenario() -> None:
-        transport.attach_loop(asyncio.get_running_loop())
-        transport.capture_envelope(_envelope())
-        await asyncio.to_thread(transport.flush, 2)
-
-    started = time.monotonic()
-    asyncio.run(scenario())
-    assert time.monotonic() - started < 1.5, "the flush waited for a server that is down"
-    messages = [record.getMessage() for record in caplog.records]
-    assert len(messages) == 1 and "cannot connect" in messages[0], messages
-
-
-def test_what_the_loop_still_holds_when_detached_goes_through_the_thread(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    transport, connection = _transport([])
-
-    def never(loop: asyncio.AbstractEventLoop, factory: Any) -> Any:
-        return asyncio.sleep(3600)
-
-    monkeypatch.setattr(transport, "_create_loop_connection", never)
-
-    async def scenario() -> None:
-        transport.attach_loop(asyncio.get_running_loop())
-        transport.capture_envelope(_envelope())
-        transport.capture_envelope(_envelope("transaction"))
-        transport.detach_loop()
-
-    asyncio.run(scenario())
-    transport.flush(2)
-    transport.kill()
-    assert len(connection.sent) == 2, connection.sent
-
-
-def test_answers_are_parsed_incrementally() -> None:
-    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
-    for cut in range(len(chunked)):
-        assert sentry_transport.parse_answer(chunked[:cut]) is None, cut
-    assert sentry_transport.parse_answer(chunked + b"HTTP") == (Answer(200), True, len(chunked))
-    unsized = b"HTTP/1.0 200 OK\r\n\r\n{}"
-    assert sentry_transport.parse_answer(unsized) is None
-    assert sentry_transport.parse_answer(unsized, at_end=True) == (Answer(200), False, 21)
-
-
 def test_a_connection_is_opened_once_and_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     ours, server = socket.socketpair()
     opened: list[tuple[str, int]] = []
@@ -425,35 +301,3 @@ def test_a_proxy_that_refuses_the_tunnel_is_a_send_error(monkeypatch: pytest.Mon
 def test_tls_verifies_the_server_with_a_ca_bundle() -> None:
     context = sentry_transport._tls_context({})
     assert context.verify_mode.name == "CERT_REQUIRED" and context.check_hostname
-
-
-def test_a_server_that_closes_after_each_answer_still_gets_every_envelope(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    transport = SentryTransport(sentry_sdk.client._get_options(dsn=DSN))
-    requests: list[bytes] = []
-    servers: list[asyncio.Task[None]] = []
-
-    async def answer_once(server: socket.socket) -> None:
-        await _serve(server, [b"HTTP/1.0 200 OK\r\n\r\n{}"], requests)
-        server.close()
-
-    def connect(loop: asyncio.AbstractEventLoop, factory: Any) -> Any:
-        ours, server = socket.socketpair()
-        server.setblocking(False)
-        servers.append(loop.create_task(answer_once(server)))
-        return loop.create_connection(factory, sock=ours)
-
-    monkeypatch.setattr(transport, "_create_loop_connection", connect)
-
-    async def scenario() -> None:
-        transport.attach_loop(asyncio.get_running_loop())
-        for _ in range(5):
-            transport.capture_envelope(_envelope())
-            await asyncio.sleep(0)
-        await asyncio.to_thread(transport.flush, 2)
-        transport.detach_loop()
-
-    asyncio.run(scenario())
-    transport.kill()
-    assert len(requests) == 5 and len(servers) == 5, (len(requests), len(servers))
