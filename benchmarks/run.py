@@ -315,6 +315,15 @@ def print_table(results: Results, args: argparse.Namespace) -> None:
         )
 
 
+def in_project(project: Path, venv: Path, script: str, *args: str) -> str:
+    """Run `script` with the project's interpreter, in the project's folder; return its stdout."""
+    command = [str(venv / "bin" / "python"), "-c", script, *args]
+    result = subprocess.run(
+        command, cwd=project, capture_output=True, text=True, check=True, env=base_env(project)
+    )
+    return result.stdout
+
+
 ERROR_COST = """
 import asyncio, json, sys, time
 import sentry_sdk
@@ -394,15 +403,7 @@ def error_cost(project: Path, venv: Path) -> None:
     and the scrubber's throughput on that request's error event."""
     figures = {}
     for mode in ("off", "on"):
-        result = subprocess.run(
-            [str(venv / "bin" / "python"), "-c", ERROR_COST, TOKEN, mode],
-            cwd=project,
-            capture_output=True,
-            text=True,
-            check=True,
-            env=base_env(project),
-        )
-        figures[mode] = result.stdout.split()
+        figures[mode] = in_project(project, venv, ERROR_COST, TOKEN, mode).split()
     off_ms, on_ms = float(figures["off"][0]), float(figures["on"][0])
     per_second, size = float(figures["on"][1]), int(figures["on"][2])
     print(
@@ -476,15 +477,7 @@ def request_cost(project: Path, venv: Path) -> None:
     the second is what one traced request costs. Best of 5 runs of 3000 requests."""
     figures = {}
     for rate in ("off", "0", "1.0"):
-        result = subprocess.run(
-            [str(venv / "bin" / "python"), "-c", REQUEST_COST, rate],
-            cwd=project,
-            capture_output=True,
-            text=True,
-            check=True,
-            env=base_env(project),
-        )
-        figures[rate] = float(result.stdout.split()[-1])
+        figures[rate] = float(in_project(project, venv, REQUEST_COST, rate).split()[-1])
     off, untraced, traced = figures["off"], figures["0"], figures["1.0"]
     print(
         f"trivial route in-process (CPU per request, best of 5 x 3000): {off:.0f} us without "
@@ -528,15 +521,8 @@ for name, transport, send in (
 def send_cost(project: Path, venv: Path, dsn: str) -> None:
     """CPU per envelope (a 1.4 KiB transaction) to send it to the sink and read the answer: the
     SDK's HTTP transport against the project's, one after the other, in the yes variant."""
-    result = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", SEND_COST, dsn],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        check=True,
-        env=base_env(project),
-    )
-    figures = dict(line.split() for line in result.stdout.splitlines())
+    output = in_project(project, venv, SEND_COST, dsn)
+    figures = dict(line.split() for line in output.splitlines())
     sdk, ours = float(figures["sdk"]), float(figures["ours"])
     print(
         f"sending one transaction (CPU, 2000 in a row to the sink): {sdk:.0f} us with the SDK's "
