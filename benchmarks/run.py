@@ -7,6 +7,7 @@
 3. For each round, and in a different order each round (so that A/B pairs are close in time),
    starts every configuration under uvicorn (one worker, no access log) with benchmarks/bench_app.py
    and drives each route with wrk from its own process on loopback: a warm-up, then the measurement.
+   With two CPUs or more, the server runs on the first and wrk and the sink on the others.
 4. Prints one table: requests/s, p50 and p99 latency, start-up (process start to the first answer)
    and resident memory, each with its ratio to the `no` variant. A ratio is the median over rounds
    of the ratio within a round; figures are medians over rounds.
@@ -31,7 +32,7 @@ import sys
 import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +97,24 @@ class Results:
     rss_mib: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
 
 
+#: The server gets a core of its own; wrk and the sink share the others (as a remote Sentry would
+#: not take the server's CPU). Without pinning, the scheduler moved them around and throughput
+#: of the same configuration varied by up to 25% between rounds on a 2-core machine.
+_CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+SERVER_CPUS = set(_CPUS[:1]) if len(_CPUS) >= 2 else set(_CPUS)
+OTHER_CPUS = set(_CPUS[1:]) if len(_CPUS) >= 2 else set(_CPUS)
+
+
+def pinned(cpus: set[int]) -> Callable[[], None]:
+    """A preexec_fn that keeps the child process on `cpus`."""
+
+    def pin() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    return pin
+
+
 def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -133,7 +152,10 @@ def prepare(variant: str) -> tuple[Path, Path]:
 def sink() -> Iterator[str]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, str(HERE / "sink.py"), str(port)], stdout=subprocess.PIPE, text=True
+        [sys.executable, str(HERE / "sink.py"), str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=pinned(OTHER_CPUS),
     )
     assert process.stdout is not None and process.stdout.readline().strip() == "ready"
     try:
@@ -195,7 +217,9 @@ def serving(project: Path, venv: Path, env: dict[str, str]) -> Iterator[tuple[st
     ]
     log = (WORK / "server.log").open("w")
     started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=project, env=env, stdout=log, stderr=log)
+    process = subprocess.Popen(
+        command, cwd=project, env=env, stdout=log, stderr=log, preexec_fn=pinned(SERVER_CPUS)
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         while True:
@@ -228,7 +252,9 @@ def wrk(binary: str, url: str, headers: dict[str, str], seconds: float, connecti
     command = [binary, "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
-    output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
+    output = subprocess.run(
+        [*command, url], capture_output=True, text=True, check=True, preexec_fn=pinned(OTHER_CPUS)
+    ).stdout
     if re.search(r"Non-2xx or 3xx responses: \d+", output):
         sys.exit(f"{url} answered errors under load:\n{output}")
 
@@ -278,6 +304,8 @@ def print_table(results: Results, args: argparse.Namespace) -> None:
         f"\nuvicorn, 1 worker, no access log; wrk -t1 -c{args.connections} -d{args.duration}s "
         f"after a {args.warm_up}s warm-up; {args.rounds} rounds in rotating order; medians"
     )
+    if SERVER_CPUS != OTHER_CPUS:
+        print(f"server on CPU {sorted(SERVER_CPUS)}, wrk and sink on CPU {sorted(OTHER_CPUS)}")
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}, {platform.platform()}\n"

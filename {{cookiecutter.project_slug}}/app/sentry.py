@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 import uuid
@@ -39,6 +40,7 @@ try:
     from sentry_sdk.integrations.fastapi import FastApiIntegration
     from sentry_sdk.integrations.logging import LoggingIntegration, ignore_logger
     from sentry_sdk.integrations.starlette import StarletteIntegration
+    from sentry_sdk.tracing_utils import has_tracing_enabled
     from sentry_sdk.utils import Dsn
 
     from app import sentry_ids, sentry_serializer
@@ -47,8 +49,10 @@ try:
         enable_asyncio_spans_for_traced_requests,
         sample_rate,
     )
+    from app.sentry_flood import FloodGate, issue_key
     from app.sentry_frames import add_app_frame_detail
-    from app.sentry_transport import transport_class
+    from app.sentry_spool import Spool
+    from app.sentry_transport import SentryTransport, transport_class
 except ImportError:  # pragma: no cover - exercised by a test that hides the package
     sentry_sdk = None  # type: ignore[assignment]
 
@@ -67,6 +71,8 @@ UNTRACED_PATHS = frozenset({"/health", "/healthz", "/livez", "/readyz", "/metric
 #: Not breadcrumbs or events: access logs repeat every request (with the client's address), and this
 #: module's own messages are about Sentry itself.
 IGNORED_LOGGERS = ("uvicorn.access", "gunicorn.access", __name__)
+#: The spool's directory in the temp directory, unless SENTRY_SPOOL_DIR names another.
+DEFAULT_SPOOL_NAME = "{{ cookiecutter.project_slug }}-sentry-spool"
 #: How long a normal shutdown waits for queued events to be sent.
 SHUTDOWN_FLUSH_SECONDS = 2.0
 CHECK_TIMEOUT_SECONDS = 10.0
@@ -86,12 +92,14 @@ def init_sentry(settings: Settings, *, transport: "Transport | None" = None) -> 
         return False
     for name in IGNORED_LOGGERS:
         ignore_logger(name)
+    rate = settings.sentry_traces_sample_rate
     try:
         sentry_sdk.init(
             dsn=dsn,
             environment=settings.sentry_environment,
             release=settings.sentry_release,
-            traces_sampler=_traces_sampler(settings.sentry_traces_sample_rate),
+            # With a rate of 0 the SDK's tracing is off: no span objects, no wrapped tasks.
+            traces_sampler=_traces_sampler(rate) if rate > 0 else None,
             profile_session_sample_rate=settings.sentry_profiles_sample_rate,
             profile_lifecycle="trace",
             integrations=[LoggingIntegration(level=logging.INFO, event_level=logging.ERROR)],
@@ -102,7 +110,9 @@ def init_sentry(settings: Settings, *, transport: "Transport | None" = None) -> 
             # Added back for in-app frames only, by _before_send: see app/sentry_frames.py.
             include_local_variables=False,
             include_source_context=False,
-            before_send=_before_send,
+            before_send=_before_send_with(
+                FloodGate(settings.sentry_flood_max_events, settings.sentry_flood_window_seconds)
+            ),
             before_send_transaction=safely(scrub_event),
             before_breadcrumb=safely(scrub_breadcrumb),
             transport=transport or transport_class(dsn),
@@ -118,6 +128,7 @@ def init_sentry(settings: Settings, *, transport: "Transport | None" = None) -> 
         return False
     _skip_reported_exceptions_in_logging()
     _quiet_sdk_debug_logging()
+    _use_spool(settings)
     sentry_serializer.install()
     sentry_ids.install()
     logger.info(
@@ -160,9 +171,11 @@ async def sentry_lifespan() -> AsyncIterator[None]:
     """Run around the app's lifespan: instrument the server's event loop, flush at shutdown.
 
     The asyncio integration patches the *running* loop, so it can only be enabled here, once the
-    server has started its loop, not when the app is imported.
+    server has started its loop, not when the app is imported. With tracing off it is not enabled:
+    it would only cost every request a check.
     """
-    if sentry_sdk is not None and sentry_sdk.get_client().is_active():
+    client = None if sentry_sdk is None else sentry_sdk.get_client()
+    if client is not None and client.is_active() and has_tracing_enabled(client.options):
         enable_asyncio_spans_for_traced_requests()
     try:
         yield
@@ -294,18 +307,56 @@ def _quiet_sdk_debug_logging() -> None:
         logging.getLogger("sentry_sdk.errors").setLevel(logging.CRITICAL + 1)
 
 
+def spool_directory(settings: Settings) -> Path:
+    """Where undeliverable events wait: SENTRY_SPOOL_DIR, or one named after the service."""
+    configured = settings.sentry_spool_dir.strip()
+    if configured:
+        return Path(configured).expanduser()
+    return Path(tempfile.gettempdir()) / DEFAULT_SPOOL_NAME
+
+
+def _use_spool(settings: Settings) -> None:
+    transport = sentry_sdk.get_client().transport
+    if not settings.sentry_spool_enabled or not isinstance(transport, SentryTransport):
+        return
+    spool = Spool(
+        spool_directory(settings),
+        max_bytes=int(settings.sentry_spool_max_mb * 2**20),
+        max_age_seconds=settings.sentry_spool_max_age_hours * 3600,
+    )
+    if transport.use_spool(spool):
+        logger.info("Sentry spool: undeliverable error events wait in %s.", spool.directory)
+
+
 def _mark_reported(error: BaseException | None) -> None:
     # None, or an exception type that takes no attributes, is simply not marked.
     with contextlib.suppress(AttributeError, TypeError):
         setattr(error, _REPORTED, True)
 
 
-def _before_send(event: "Event", hint: "Hint") -> "Event | None":
+def _before_send_with(flood: "FloodGate") -> Callable[["Event", "Hint"], "Event | None"]:
+    def before_send(event: "Event", hint: "Hint") -> "Event | None":
+        return _before_send(event, hint, flood)
+
+    return before_send
+
+
+def _before_send(event: "Event", hint: "Hint", flood: "FloodGate | None" = None) -> "Event | None":
     exc_info = hint.get("exc_info")
     error = exc_info[1] if exc_info else None
     _mark_reported(error)
     if _is_client_error(hint):
         return None
+    if flood is not None:
+        dropped = flood.admit(issue_key(event, error))
+        if dropped is None:
+            return None
+        if dropped:
+            event.setdefault("contexts", {})["flood_control"] = {
+                "dropped_before_this": dropped,
+                "max_events": flood.max_events,
+                "window_seconds": flood.window_seconds,
+            }
     with contextlib.suppress(Exception):  # without the detail, the event is still worth sending
         add_app_frame_detail(event, error)
     contexts = event.setdefault("contexts", {})

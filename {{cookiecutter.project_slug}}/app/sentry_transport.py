@@ -16,8 +16,13 @@ of that. What it keeps from the SDK's transport:
 
 What it adds: a send may take `SEND_TIMEOUT_SECONDS`, not the SDK's 30; after a failed send it
 backs off (`BACKOFF_SECONDS` doubling up to `MAX_BACKOFF_SECONDS`) rather than try every envelope
-against a server that is down; and the service's log says once that events are being dropped and
-once that Sentry accepts them again (the SDK itself is silent unless `debug` is on).
+against a server that is down; and the service's log says once that Sentry is not accepting events
+and once that it accepts them again (the SDK itself is silent unless `debug` is on).
+
+With a spool (`use_spool`, app/sentry_spool.py), error events that cannot be delivered (no
+connection, timeout, 5xx, 429 or a rate limit on their category) are kept on disk and sent in order
+once Sentry answers again, before any newer one. Transactions are not kept: in an outage they
+would fill the spool and push the errors out; they are dropped, as without a spool.
 """
 
 import contextlib
@@ -42,6 +47,8 @@ from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import HttpTransport, Transport
 from sentry_sdk.utils import Dsn
 
+from app.sentry_spool import Spool, Spooled
+
 logger = logging.getLogger("app.sentry")
 
 #: How long connecting, sending an envelope or waiting for the answer may take.
@@ -57,6 +64,12 @@ COMPRESS_FROM_BYTES = 4096
 QUEUE_FULL_LOG_INTERVAL_SECONDS = 60.0
 #: An answer's head larger than this is not from a Sentry server.
 MAX_HEAD_BYTES = 65536
+#: Data categories kept in the spool when they cannot be delivered (see the module's docstring).
+SPOOLED_CATEGORIES = frozenset({"error", "default", "security", "attachment", "monitor"})
+#: How often an idle process looks for envelopes spooled by others (or by its previous run).
+SPOOL_SCAN_SECONDS = 5.0
+#: Spooled envelopes sent in a row before the queue is looked at again.
+SPOOL_BATCH = 50
 
 
 class SendError(Exception):
@@ -335,6 +348,24 @@ class SentryTransport(Transport):
         self._failing = False
         self._dropped_full = 0
         self._full_logged_at = -QUEUE_FULL_LOG_INTERVAL_SECONDS
+        self._spool: Spool | None = None
+        self._backlog = False  # the spool holds envelopes to send before any new one
+        self._next_scan = 0.0
+        self._resume_at = 0.0  # a rate limit holds the oldest spooled envelope until then
+
+    def use_spool(self, spool: Spool) -> bool:
+        """Keep undeliverable error events in `spool`; returns False if its directory is unusable.
+
+        If the spool holds envelopes from an earlier run, sending them starts now.
+        """
+        if not spool.prepare():
+            return False
+        with self._condition:
+            self._spool = spool
+            self._backlog = bool(spool.pending())
+            if self._backlog and self._pid != os.getpid():
+                self._start()
+        return True
 
     @staticmethod
     def _request_head(target: Target, auth_header: str) -> str:
@@ -392,13 +423,19 @@ class SentryTransport(Transport):
         while True:
             with self._condition:
                 while not self._queue and not self._closing:
-                    self._condition.wait()
+                    wait = self._spool_wait()
+                    if wait is not None and wait <= 0:
+                        break
+                    self._condition.wait(wait)
                 if self._closing:
                     return
-                envelope = self._queue.popleft()
+                envelope = self._queue.popleft() if self._queue else None
                 self._busy = True
             try:
-                self._deliver(envelope)
+                if envelope is not None:
+                    self._deliver(envelope)
+                if self._spool is not None:
+                    self._send_spooled()
             except Exception:  # never let one envelope stop the thread
                 logger.debug("Sentry envelope could not be sent", exc_info=True)
             finally:
@@ -406,8 +443,24 @@ class SentryTransport(Transport):
                     self._busy = False
                     self._condition.notify_all()
 
+    def _spool_wait(self) -> float | None:
+        """Seconds until the spool is due to be looked at; None without a spool."""
+        if self._spool is None:
+            return None
+        now = time.monotonic()
+        if self._backlog:
+            return max(0.0, self._retry_at - now, self._resume_at - now)
+        return max(0.0, self._next_scan - now)
+
     def _deliver(self, envelope: Envelope) -> None:
         now = time.monotonic()
+        categories = tuple(item.data_category for item in envelope.items)
+        if self._spool is not None and SPOOLED_CATEGORIES.intersection(categories):
+            held = now < self._retry_at or any(self._limited(c, now) for c in categories)
+            body = envelope.serialize()
+            if held or self._backlog or self._post(body) == "retry":
+                self._keep(body, categories)  # in order: after what is spooled already
+            return
         if now < self._retry_at:
             return  # backing off after a failure: the envelope is dropped
         items = [item for item in envelope.items if not self._limited(item.data_category, now)]
@@ -415,7 +468,10 @@ class SentryTransport(Transport):
             return
         if len(items) < len(envelope.items):
             envelope = Envelope(headers=envelope.headers, items=items)
-        body = envelope.serialize()
+        self._post(envelope.serialize())
+
+    def _post(self, body: bytes) -> str:
+        """Send a serialized envelope: "sent", "retry" (worth sending again later) or "refused"."""
         head = self._head
         if len(body) >= COMPRESS_FROM_BYTES:
             body = gzip.compress(body, compresslevel=1)
@@ -425,14 +481,65 @@ class SentryTransport(Transport):
             answer = self._connection.post(head.encode("latin-1"), body)
         except SendError as error:
             self._failed(str(error))
+            return "retry"
+        return self._answered(answer)
+
+    def _keep(self, body: bytes, categories: tuple[str, ...]) -> None:
+        if self._spool is None:
             return
-        self._answered(answer)
+        try:
+            self._spool.put(body, categories)
+        except OSError as error:
+            logger.warning("Sentry spool: an event could not be written (%s); dropped.", error)
+            return
+        self._backlog = True
+
+    def _send_spooled(self) -> None:
+        """Send what the spool holds, oldest first, while Sentry accepts it."""
+        spool = self._spool
+        now = time.monotonic()
+        if spool is None or now < max(self._retry_at, self._resume_at):
+            return
+        if not self._backlog and now < self._next_scan:
+            return
+        self._next_scan = now + SPOOL_SCAN_SECONDS
+        with spool.delivering() as ours:
+            if not ours:  # another process is sending them; look again later
+                self._backlog = False
+                return
+            spool.enforce_limits()
+            pending = spool.pending()
+            for spooled in pending[:SPOOL_BATCH]:
+                if self._closing or self._queue_is_filling() or not self._send_one(spool, spooled):
+                    return  # still a backlog: the thread comes back to it
+            self._backlog = len(pending) > SPOOL_BATCH
+
+    def _send_one(self, spool: Spool, spooled: Spooled) -> bool:
+        """Send one spooled envelope; False if Sentry did not take it and sending should pause."""
+        now = time.monotonic()
+        if any(self._limited(category, now) for category in spooled.categories):
+            limits = self._limits
+            self._resume_at = max(
+                limits.get(None, 0.0), *(limits.get(c, 0.0) for c in spooled.categories)
+            )
+            return False
+        body = spool.read(spooled)
+        if body is None:  # damaged (logged and removed) or gone
+            return True
+        outcome = self._post(body)
+        if outcome == "retry":
+            return False
+        spool.remove(spooled)  # sent, or refused for good (a retry would be refused too)
+        return True
+
+    def _queue_is_filling(self) -> bool:
+        return len(self._queue) >= self._capacity // 2
 
     def _limited(self, category: str, now: float) -> bool:
         limits = self._limits
         return bool(limits) and (limits.get(category, 0.0) > now or limits.get(None, 0.0) > now)
 
-    def _answered(self, answer: Answer) -> None:
+    def _answered(self, answer: Answer) -> str:
         now = time.monotonic()
         if answer.rate_limits:
             for category, until in parse_rate_limits(answer.rate_limits, now).items():
@@ -441,15 +548,18 @@ class SentryTransport(Transport):
             self._limits[None] = now + retry_after_seconds(answer.retry_after)
         if answer.status == 429:
             self._report_outage("rate limited: HTTP 429")
-        elif answer.status >= 500:
+            return "retry"
+        if answer.status >= 500:
             self._failed(f"HTTP {answer.status}")
-        elif answer.status >= 300:
+            return "retry"
+        if answer.status >= 300:
             self._report_outage(f"HTTP {answer.status}")  # refused: a retry would be refused too
-        else:
-            self._backoff = BACKOFF_SECONDS
-            if self._failing:
-                self._failing = False
-                logger.info("Sentry is accepting events again.")
+            return "refused"
+        self._backoff = BACKOFF_SECONDS
+        if self._failing:
+            self._failing = False
+            logger.info("Sentry is accepting events again.")
+        return "sent"
 
     def _failed(self, reason: str) -> None:
         self._retry_at = time.monotonic() + self._backoff
@@ -459,10 +569,14 @@ class SentryTransport(Transport):
     def _report_outage(self, reason: str) -> None:
         if not self._failing:
             self._failing = True
+            kept = (
+                "" if self._spool is None else f"error events are kept in {self._spool.directory}, "
+            )
             logger.warning(
-                "Sentry is not accepting events (%s); they are dropped until it does. "
+                "Sentry is not accepting events (%s); %sthe rest are dropped until it does. "
                 "The service is not affected.",
                 reason,
+                kept,
             )
 
     # ---- flush and shutdown ---------------------------------------------------------------
@@ -491,8 +605,14 @@ class SentryTransport(Transport):
     def kill(self) -> None:
         with self._condition:
             self._closing = True
+            left = list(self._queue) if self._pid == os.getpid() else []
             self._queue.clear()
             self._condition.notify_all()
+        if self._spool is not None:  # what is still queued survives the process
+            for envelope in left:
+                categories = tuple(item.data_category for item in envelope.items)
+                if SPOOLED_CATEGORIES.intersection(categories):
+                    self._keep(envelope.serialize(), categories)
         self._connection.close()
 
     def is_healthy(self) -> bool:

@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     sentry_release: str = Field(default=__version__, min_length=1)
     sentry_traces_sample_rate: float = Field(default=0.1, ge=0.0, le=1.0, allow_inf_nan=False)
     sentry_profiles_sample_rate: float = Field(default=0.1, ge=0.0, le=1.0, allow_inf_nan=False)
+    sentry_spool_enabled: bool = True
+    sentry_spool_dir: str = ""  # empty: a directory named after the service in the temp directory
+    sentry_spool_max_mb: float = Field(default=50.0, gt=0.0, allow_inf_nan=False)
+    sentry_spool_max_age_hours: float = Field(default=24.0, gt=0.0, allow_inf_nan=False)
+    sentry_flood_max_events: int = Field(default=10, ge=0)
+    sentry_flood_window_seconds: float = Field(default=60.0, gt=0.0, allow_inf_nan=False)
 {%- endif %}
 
     @field_validator("secret_key", mode="before")

@@ -1,16 +1,19 @@
 """Fixtures for the Sentry tests: the SDK with an in-memory transport, never the network."""
 
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import sentry_sdk
+import sentry_sdk.client
 from pydantic import SecretStr
 from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import Transport
 
 from app.core.config import Settings
+from app.sentry_transport import Answer, SendError, SentryTransport
 
 DSN = "http://public@127.0.0.1:9/1"
 
@@ -57,3 +60,34 @@ def sentry_settings(settings: Settings) -> Settings:
             "sentry_traces_sample_rate": 0.0,
         }
     )
+
+
+class ScriptedConnection:
+    """Answers each post with the next outcome of `script`; may hold a post until released."""
+
+    def __init__(self, script: list[Answer | SendError]) -> None:
+        self.script = script
+        self.sent: list[bytes] = []
+        self.release = threading.Event()
+        self.release.set()
+
+    def post(self, head: bytes, body: bytes) -> Answer:
+        self.release.wait(5)
+        self.sent.append(body)
+        outcome = self.script.pop(0) if self.script else Answer(200)
+        if isinstance(outcome, SendError):
+            raise outcome
+        return outcome
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def scripted_transport(
+    script: list[Answer | SendError], **options: Any
+) -> tuple[Any, ScriptedConnection]:
+    """A `SentryTransport` whose connection is a `ScriptedConnection` (returned with it)."""
+    transport = SentryTransport(sentry_sdk.client._get_options(dsn=DSN, **options))
+    connection = ScriptedConnection(script)
+    transport._connection = connection  # type: ignore[assignment]
+    return transport, connection

@@ -239,13 +239,20 @@ def test_error_logs_are_events_and_lower_levels_breadcrumbs(
     assert crumbs == ["loaded invoice 12", "retrying charge"], crumbs
 
 
-def test_lifespan_instruments_the_loop_and_flushes(
-    reporting_app: FastAPI, transport: CapturingTransport
+@pytest.mark.parametrize(
+    ("rate", "instrumented"), [(0.0, False), (0.5, True)], ids=["tracing-off", "tracing-on"]
+)
+def test_lifespan_instruments_the_loop_if_tracing_and_flushes(
+    sentry_settings: Settings, transport: CapturingTransport, rate: float, instrumented: bool
 ) -> None:
     from sentry_sdk.integrations.asyncio import AsyncioIntegration
 
-    with TestClient(reporting_app) as client:
+    settings = sentry_settings.model_copy(update={"sentry_traces_sample_rate": rate})
+    app = create_app(settings)
+    assert sentry.init_sentry(settings, transport=transport), "Sentry did not start"
+    with TestClient(app) as client:
         assert client.get("/health").status_code == 200
-        assert sentry_sdk.get_client().get_integration(AsyncioIntegration) is not None
+        enabled = sentry_sdk.get_client().get_integration(AsyncioIntegration) is not None
+        assert enabled == instrumented, f"asyncio integration enabled={enabled} at rate {rate}"
         sentry.capture_message("queued just before shutdown")
     assert [e["message"] for e in transport.events] == ["queued just before shutdown"]

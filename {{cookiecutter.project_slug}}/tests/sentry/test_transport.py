@@ -8,7 +8,6 @@ import logging
 import socket
 import threading
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import sentry_sdk.client
@@ -25,7 +24,7 @@ from app.sentry_transport import (
     parse_rate_limits,
     target_for,
 )
-from tests.sentry.conftest import DSN
+from tests.sentry.conftest import DSN, scripted_transport
 
 HEAD = b"POST /api/1/envelope/ HTTP/1.1\r\nContent-Length: 4\r\n\r\n"
 
@@ -122,34 +121,6 @@ def test_proxies_come_from_the_environment_unless_the_host_is_excluded(
     assert target_for({}, dsn) is None, "a SOCKS proxy is left to the SDK's transport"
 
 
-class ScriptedConnection:
-    """Answers each post with the next outcome of `script`; may hold a post until released."""
-
-    def __init__(self, script: list[Answer | SendError]) -> None:
-        self.script = script
-        self.sent: list[bytes] = []
-        self.release = threading.Event()
-        self.release.set()
-
-    def post(self, head: bytes, body: bytes) -> Answer:
-        self.release.wait(5)
-        self.sent.append(body)
-        outcome = self.script.pop(0) if self.script else Answer(200)
-        if isinstance(outcome, SendError):
-            raise outcome
-        return outcome
-
-    def close(self) -> None:
-        """Nothing to close."""
-
-
-def _transport(script: list[Answer | SendError], **options: Any) -> tuple[Any, ScriptedConnection]:
-    transport = SentryTransport(sentry_sdk.client._get_options(dsn=DSN, **options))
-    connection = ScriptedConnection(script)
-    transport._connection = connection  # type: ignore[assignment]
-    return transport, connection
-
-
 def _envelope(kind: str = "event") -> Envelope:
     envelope = Envelope()
     if kind == "event":
@@ -164,7 +135,7 @@ def test_an_outage_is_logged_once_and_the_recovery_once(
 ) -> None:
     monkeypatch.setattr(sentry_transport, "BACKOFF_SECONDS", 0.0)
     outcomes: list[Answer | SendError] = [SendError("refused"), Answer(500), Answer(503)]
-    transport, connection = _transport([*outcomes, Answer(200), Answer(200)])
+    transport, connection = scripted_transport([*outcomes, Answer(200), Answer(200)])
     caplog.set_level(logging.INFO, logger="app.sentry")
     for _ in range(5):
         transport.capture_envelope(_envelope())
@@ -177,7 +148,7 @@ def test_an_outage_is_logged_once_and_the_recovery_once(
 
 
 def test_after_a_failure_sending_backs_off() -> None:
-    transport, connection = _transport([SendError("refused")])
+    transport, connection = scripted_transport([SendError("refused")])
     for _ in range(3):
         transport.capture_envelope(_envelope())
         transport.flush(2)
@@ -186,7 +157,7 @@ def test_after_a_failure_sending_backs_off() -> None:
 
 
 def test_rate_limits_are_honoured_per_category() -> None:
-    transport, connection = _transport([Answer(200, rate_limits="60:transaction")])
+    transport, connection = scripted_transport([Answer(200, rate_limits="60:transaction")])
     for kind in ("event", "transaction", "event", "transaction"):
         transport.capture_envelope(_envelope(kind))
         transport.flush(2)
@@ -196,7 +167,7 @@ def test_rate_limits_are_honoured_per_category() -> None:
 
 
 def test_a_429_stops_everything_for_its_retry_after() -> None:
-    transport, connection = _transport([Answer(429, retry_after="120")])
+    transport, connection = scripted_transport([Answer(429, retry_after="120")])
     for kind in ("event", "transaction", "event"):
         transport.capture_envelope(_envelope(kind))
         transport.flush(2)
@@ -205,7 +176,7 @@ def test_a_429_stops_everything_for_its_retry_after() -> None:
 
 
 def test_a_full_queue_drops_and_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
-    transport, connection = _transport([], transport_queue_size=2)
+    transport, connection = scripted_transport([], transport_queue_size=2)
     connection.release.clear()  # the first envelope is held in flight
     caplog.set_level(logging.INFO, logger="app.sentry")
     for _ in range(10):
@@ -221,7 +192,7 @@ def test_a_full_queue_drops_and_says_so_once(caplog: pytest.LogCaptureFixture) -
 def test_a_flush_that_gives_up_says_how_many_events_are_left(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    transport, connection = _transport([])
+    transport, connection = scripted_transport([])
     connection.release.clear()  # the server never answers
     caplog.set_level(logging.INFO, logger="app.sentry")
     transport.capture_envelope(_envelope())
@@ -234,7 +205,7 @@ def test_a_flush_that_gives_up_says_how_many_events_are_left(
 
 
 def test_large_envelopes_are_compressed() -> None:
-    transport, connection = _transport([])
+    transport, connection = scripted_transport([])
     envelope = Envelope()
     envelope.add_event({"message": "x" * 10_000})
     transport.capture_envelope(envelope)
@@ -243,7 +214,9 @@ def test_large_envelopes_are_compressed() -> None:
     assert connection.sent and connection.sent[0][:2] == b"\x1f\x8b", "not gzipped"
 
 
-def test_a_socks_proxy_is_left_to_the_sdks_transport(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_socks_proxy_is_left_to_the_sdksscripted_transport(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     assert sentry_transport.transport_class(DSN) is SentryTransport
     monkeypatch.setenv("http_proxy", "socks5://proxy.internal:1080")
     assert sentry_transport.transport_class(DSN) is HttpTransport
