@@ -165,7 +165,20 @@ class Bugsink:
     log_path: Path
     process: subprocess.Popen[bytes]
     startup_seconds: float = 0.0
+    command: list[str] = field(default_factory=list, repr=False)
+    env: dict[str, str] = field(default_factory=dict, repr=False)
     _event_cache: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+
+    # ---- an outage ------------------------------------------------------------------------
+
+    def stop_server(self) -> None:
+        """Stop the server, as an outage would; its data and port stay for `start_server`."""
+        stop(self.process)
+
+    def start_server(self) -> None:
+        """Start the server stopped by `stop_server` again, on the same port with the same data."""
+        self.process = launch(self.command, self.workdir, self.env, self.log_path)
+        wait_until_ready(self.process, self.base_url, self.log_path)
 
     # ---- the REST API ---------------------------------------------------------------------
 
@@ -469,6 +482,22 @@ def wait_until_ready(process: subprocess.Popen[bytes], base_url: str, log_path: 
     )
 
 
+def launch(
+    command: list[str], workdir: Path, env: dict[str, str], log_path: Path
+) -> subprocess.Popen[bytes]:
+    """Start the server's processes, appending their output to `log_path`."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            command,
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so `stop` reaches every worker
+        )
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM to the server's process group (gunicorn's master and workers), then SIGKILL."""
     if process.poll() is None:
@@ -518,16 +547,8 @@ def running_bugsink(workdir: Path) -> Iterator[Bugsink]:
         "--no-control-socket",  # else it makes ~/.gunicorn/gunicorn.ctl, shared by all servers
         "--access-logfile=-",
     ]
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=workdir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, so `stop` reaches every worker
-        )
+    process = launch(command, workdir, env, log_path)
+    server: Bugsink | None = None
     try:
         # The accounts are set up while gunicorn boots: both take about a second.
         password = secrets.token_urlsafe(16)
@@ -540,7 +561,7 @@ def running_bugsink(workdir: Path) -> Iterator[Bugsink]:
         output = run([venv_bin("python"), "-c", BOOTSTRAP], env=bootstrap_env, cwd=workdir)
         credentials = json.loads(output.strip().splitlines()[-1])
         wait_until_ready(process, base_url, log_path)
-        yield Bugsink(
+        server = Bugsink(
             base_url=base_url,
             username=USERNAME,
             password=password,
@@ -550,6 +571,9 @@ def running_bugsink(workdir: Path) -> Iterator[Bugsink]:
             log_path=log_path,
             process=process,
             startup_seconds=time.monotonic() - started,
+            command=command,
+            env=env,
         )
+        yield server
     finally:
-        stop(process)
+        stop(process if server is None else server.process)

@@ -70,6 +70,10 @@ def probe_environment(
         "SENTRY_DSN": dsn,
         "SENTRY_RELEASE": "probe@1.0.0",
         "SENTRY_TRACES_SAMPLE_RATE": "0",
+        # Each probe its own spool: one left by a test against a failing server must not be
+        # delivered by the next test's probe. The privacy tests raise at one place many times.
+        "SENTRY_SPOOL_DIR": str(workdir / "sentry-spool"),
+        "SENTRY_FLOOD_MAX_EVENTS": "1000",
         "PROBE_NONCE": nonce,
         **settings,
     }

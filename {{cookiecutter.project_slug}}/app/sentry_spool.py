@@ -15,8 +15,9 @@ The rules, all measured in files of this directory:
 - a file is removed only once Sentry has accepted it; one process at a time delivers (an
   exclusive `flock` on `.lock`), so that two workers never send the same event twice;
 - the directory holds at most `max_bytes`: writing past that removes the oldest files first, and
-  files older than `max_age_seconds` are removed unsent; both are counted and logged (at most
-  once a minute), as Sentry would reject very old events anyway.
+  files older than `max_age_seconds` are removed unsent (Sentry would reject very old events
+  anyway); both are counted and logged: at most once a minute while it goes on, and the rest
+  when the backlog has been sent or the process stops.
 
 A process killed between Sentry's answer and the removal of the file sends that one event again
 when it restarts: the only case of a duplicate, and it needs a crash at that instant.
@@ -221,9 +222,14 @@ class Spool:
         self._unlogged_drops += 1
         return True
 
-    def _log_drops(self) -> None:
+    def report_drops(self) -> None:
+        """Log the drops not logged yet, now (when the backlog is sent, and at shutdown)."""
+        self._log_drops(force=True)
+
+    def _log_drops(self, *, force: bool = False) -> None:
         now = time.monotonic()
-        if self._unlogged_drops and now - self._drop_logged_at >= DROP_LOG_INTERVAL_SECONDS:
+        due = force or now - self._drop_logged_at >= DROP_LOG_INTERVAL_SECONDS
+        if self._unlogged_drops and due:
             self._drop_logged_at = now
             logger.warning(
                 "Sentry spool %s: %d undelivered events dropped, oldest first (so far: %d over "

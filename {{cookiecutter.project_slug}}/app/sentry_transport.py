@@ -513,6 +513,8 @@ class SentryTransport(Transport):
                 if self._closing or self._queue_is_filling() or not self._send_one(spool, spooled):
                     return  # still a backlog: the thread comes back to it
             self._backlog = len(pending) > SPOOL_BATCH
+            if not self._backlog:
+                spool.report_drops()
 
     def _send_one(self, spool: Spool, spooled: Spooled) -> bool:
         """Send one spooled envelope; False if Sentry did not take it and sending should pause."""
@@ -613,6 +615,7 @@ class SentryTransport(Transport):
                 categories = tuple(item.data_category for item in envelope.items)
                 if SPOOLED_CATEGORIES.intersection(categories):
                     self._keep(envelope.serialize(), categories)
+            self._spool.report_drops()
         self._connection.close()
 
     def is_healthy(self) -> bool:

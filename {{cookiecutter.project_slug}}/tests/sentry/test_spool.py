@@ -166,6 +166,10 @@ def test_past_the_size_cap_the_oldest_are_dropped_and_counted(
     assert spool.dropped_for_size == 30 - len(kept)
     logged = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
     assert len(logged) == 1, f"drops should be logged once a minute at most: {logged}"
+    spool.report_drops()
+    logged = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    counts = [int(message.split(": ")[1].split()[0]) for message in logged]
+    assert len(logged) == 2 and sum(counts) == spool.dropped_for_size, logged
 
 
 def test_past_the_age_cap_files_are_dropped_and_counted(tmp_path: Path) -> None:
