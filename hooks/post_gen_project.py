@@ -1,9 +1,14 @@
 """Remove the files the answers leave out, then check the generated project.
 
-The optional files are listed once, in `_optional_files` in cookiecutter.json: for each yes/no
-variable, the files and directories that exist only when it is "yes". The tests read the same
-manifest. Running `main()` twice is harmless: removing a missing file is not an error, and the
-checks only read.
+The optional files are listed once, in `OPTIONAL_FILES` below: for each yes/no variable, the files
+and directories that exist only when it is "yes". The tests import the same manifest. It lives
+here, not in cookiecutter.json, because cruft copies every variable of that file, private ones too,
+into the answers it records in a project's `.cruft.json`: a project without Sentry would list
+Sentry's files there, and each change to the list would change every project's answers.
+
+Running `main()` twice is harmless (removing a missing file is not an error, and the checks only
+read), and so is running it in the scratch directories where `cruft update` regenerates the old and
+new template to compute a project's update: it touches nothing outside the generated tree.
 """
 
 from __future__ import annotations
@@ -22,6 +27,23 @@ ANSWERS_JSON = r"""{{ cookiecutter | tojson }}"""
 TEMPLATE_SYNTAX = re.compile(r"\{\{|\{%|%\}|\{#")
 # GitHub Actions expressions look like Jinja but belong in workflow files.
 ACTIONS_EXPRESSION = re.compile(r"\$\{\{.*?\}\}")
+#: variable -> files and directories of the generated project that exist only when it is "yes".
+OPTIONAL_FILES: dict[str, list[str]] = {
+    "include_sentry": [
+        "app/sentry.py",
+        "app/sentry_asgi.py",
+        "app/sentry_flood.py",
+        "app/sentry_frames.py",
+        "app/sentry_ids.py",
+        "app/sentry_privacy.py",
+        "app/sentry_serializer.py",
+        "app/sentry_spool.py",
+        "app/sentry_transactions.py",
+        "app/sentry_transport.py",
+        "docs/adr/0003-error-tracking-with-sentry.md",
+        "tests/sentry",
+    ],
+}
 SKIPPED_DIRS = {".git", ".venv", "__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
 
 
@@ -111,9 +133,8 @@ def check(root: Path, answers: dict[str, object], manifest: dict[str, list[str]]
 def main(root: Path | None = None) -> int:
     root = root or Path.cwd()
     answers = json.loads(ANSWERS_JSON)
-    manifest = answers["_optional_files"]
-    remove_files(root, excluded_files(answers, manifest))
-    problems = check(root, answers, manifest)
+    remove_files(root, excluded_files(answers, OPTIONAL_FILES))
+    problems = check(root, answers, OPTIONAL_FILES)
     for problem in problems:
         print(f"ERROR: {problem}", file=sys.stderr)
     if problems:

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-from tests.support.template import OPTIONAL_FILES, TEMPLATE_DIR
-
-
-def load_hook(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, TEMPLATE_DIR / "hooks" / f"{name}.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from tests.support.template import COOKIECUTTER_JSON, load_hook
 
 pre = load_hook("pre_gen_project")
 post = load_hook("post_gen_project")
@@ -130,8 +119,8 @@ def test_post_main_cleans_and_can_run_twice(
 ) -> None:
     make_tree(tmp_path, {"app/sentry.py": "x", "docs/sentry.md": "x", "app/main.py": "pass\n"})
     make_tree(tmp_path, {"tests/sentry/conftest.py": "x"})
-    answers = {"include_sentry": "no", "_optional_files": MANIFEST}
-    monkeypatch.setattr(post, "ANSWERS_JSON", json.dumps(answers))
+    monkeypatch.setattr(post, "ANSWERS_JSON", json.dumps({"include_sentry": "no"}))
+    monkeypatch.setattr(post, "OPTIONAL_FILES", MANIFEST)
     assert post.main(tmp_path) == 0
     assert post.main(tmp_path) == 0, "a second run must succeed too"
     assert sorted(p.name for p in tmp_path.rglob("*.py")) == ["main.py"]
@@ -141,13 +130,22 @@ def test_post_main_fails_loudly_on_a_bad_tree(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     make_tree(tmp_path, {"app/main.py": "# {% if x %}\n"})
-    answers = {"include_sentry": "yes", "_optional_files": MANIFEST}
-    monkeypatch.setattr(post, "ANSWERS_JSON", json.dumps(answers))
+    monkeypatch.setattr(post, "ANSWERS_JSON", json.dumps({"include_sentry": "yes"}))
+    monkeypatch.setattr(post, "OPTIONAL_FILES", MANIFEST)
     assert post.main(tmp_path) == 1
     err = capsys.readouterr().err
     assert "template syntax left in app/main.py:1" in err and "app/sentry.py is missing" in err
 
 
-def test_the_real_manifest_is_what_the_hook_reads() -> None:
-    assert "_optional_files" in (TEMPLATE_DIR / "cookiecutter.json").read_text()
-    assert OPTIONAL_FILES["include_sentry"], "the manifest must list the Sentry-only files"
+def test_the_manifest_names_only_yes_no_variables() -> None:
+    assert post.OPTIONAL_FILES["include_sentry"], "the manifest must list the Sentry-only files"
+    for variable in post.OPTIONAL_FILES:
+        assert COOKIECUTTER_JSON.get(variable) == ["no", "yes"], (
+            f"the manifest names {variable!r}, which is not a no/yes variable of cookiecutter.json"
+        )
+
+
+def test_no_private_variable_reaches_the_recorded_answers() -> None:
+    """cruft copies every cookiecutter.json variable into each project's `.cruft.json`."""
+    private = [name for name in COOKIECUTTER_JSON if name.startswith("_") and name != "__prompts__"]
+    assert not private, f"private variables {private} would be recorded in every project's answers"

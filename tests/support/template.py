@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2]
 COOKIECUTTER_JSON = json.loads((TEMPLATE_DIR / "cookiecutter.json").read_text())
-#: variable -> files that exist only when it is "yes"
-OPTIONAL_FILES: dict[str, list[str]] = COOKIECUTTER_JSON["_optional_files"]
+
+
+def load_hook(name: str) -> ModuleType:
+    """Import a hook unrendered (its Jinja sits inside string literals)."""
+    spec = importlib.util.spec_from_file_location(name, TEMPLATE_DIR / "hooks" / f"{name}.py")
+    assert spec and spec.loader, f"hooks/{name}.py cannot be loaded"
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+#: variable -> files that exist only when it is "yes" (the post-generation hook's manifest)
+OPTIONAL_FILES: dict[str, list[str]] = load_hook("post_gen_project").OPTIONAL_FILES
 SENTRY_ONLY_FILES = OPTIONAL_FILES["include_sentry"]
 
 
