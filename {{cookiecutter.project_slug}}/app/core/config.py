@@ -33,11 +33,6 @@ class Settings(BaseSettings):
     environment: str = Field(default="development", min_length=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["auto", "text", "json"] = "auto"
-
-    database_url: str = Field(default="sqlite:///./{{ cookiecutter.project_slug }}.db", min_length=1)
-
-    secret_key: SecretStr = SecretStr(DEVELOPMENT_SECRET_KEY)
-    access_token_algorithm: Literal["HS256"] = "HS256"  # noqa: S105 - a name, not a secret
 {%- if cookiecutter.include_sentry == "yes" %}
 
     sentry_dsn: SecretStr = SecretStr("")
@@ -53,6 +48,11 @@ class Settings(BaseSettings):
     sentry_flood_window_seconds: float = Field(default=60.0, gt=0.0, allow_inf_nan=False)
 {%- endif %}
 
+    database_url: str = Field(default="sqlite:///./{{ cookiecutter.project_slug }}.db", min_length=1)
+
+    secret_key: SecretStr = SecretStr(DEVELOPMENT_SECRET_KEY)
+    access_token_algorithm: Literal["HS256"] = "HS256"  # noqa: S105 - a name, not a secret
+
     @field_validator("secret_key", mode="before")
     @classmethod
     def _empty_secret_key_means_unset(cls, value: object) -> object:
@@ -64,6 +64,16 @@ class Settings(BaseSettings):
     @classmethod
     def _log_level_in_upper_case(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+{%- if cookiecutter.include_sentry == "yes" %}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sentry_environment_follows_environment(cls, data: object) -> object:
+        """Default SENTRY_ENVIRONMENT to ENVIRONMENT, so the two cannot drift apart by accident."""
+        if isinstance(data, dict) and "sentry_environment" not in data and "environment" in data:
+            return {**data, "sentry_environment": data["environment"]}
+        return data
+{%- endif %}
 
     @property
     def json_logs(self) -> bool:
@@ -85,16 +95,6 @@ class Settings(BaseSettings):
             )
             raise ValueError(msg)
         return self
-{%- if cookiecutter.include_sentry == "yes" %}
-
-    @model_validator(mode="before")
-    @classmethod
-    def _sentry_environment_follows_environment(cls, data: object) -> object:
-        """Default SENTRY_ENVIRONMENT to ENVIRONMENT, so the two cannot drift apart by accident."""
-        if isinstance(data, dict) and "sentry_environment" not in data and "environment" in data:
-            return {**data, "sentry_environment": data["environment"]}
-        return data
-{%- endif %}
 
 
 def _may_echo(field_name: str) -> bool:
