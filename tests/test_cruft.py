@@ -23,10 +23,10 @@ from tests.conftest import InstalledProject, install
 from tests.support.cruft import (
     TEMPLATE_URL,
     Workspace,
+    assert_same_tree,
     edit,
     replace_once,
     tree,
-    tree_differences,
     unresolved,
 )
 from tests.support.template import (
@@ -196,7 +196,7 @@ def test_create_makes_the_same_project_as_cookiecutter(
     created = workspace.create_project(variant.answers, variant.id)
     (created / ".cruft.json").unlink()
     baked = baked_project(output_dir, variant.answers)
-    assert tree_differences(created, baked) == []
+    assert_same_tree(created, baked, "the project cruft created")
 
 
 # --- check and update -----------------------------------------------------------------------------
@@ -235,7 +235,7 @@ def test_update_applies_the_newer_template_around_the_teams_work(
     workspace.update(project)
 
     expected = generated_with_own_work(workspace, variant.answers, "expected")
-    assert tree_differences(project, expected) == []
+    assert_same_tree(project, expected, "the updated project")
     assert (project / "CONTRIBUTING.md").read_text().startswith("# Contributing to My Service\n")
     assert not (project / ".pre-commit-config.yaml").exists(), "a file the template removed is left"
 
@@ -288,7 +288,7 @@ def test_link_adopts_a_project_made_with_plain_cookiecutter(workspace: Workspace
     workspace.update(project)
 
     expected = workspace.create_project(answers, "expected")
-    assert tree_differences(project, expected) == []
+    assert_same_tree(project, expected, "the linked and updated project")
 
 
 # --- switching Sentry on and off ------------------------------------------------------------------
@@ -311,16 +311,24 @@ def installed_after(postgres_database: str) -> Callable[[Path, Variant], Install
     return run_tests
 
 
+def switched(workspace: Workspace, before: Variant, after: Variant) -> Path:
+    """A project with the team's work, switched from one answer to the other by `cruft update`.
+
+    The result must be exactly what generating with the new answer, plus the same work, makes.
+    """
+    project = generated_with_own_work(workspace, before.answers, "service")
+    workspace.update(project, {"include_sentry": after.answers["include_sentry"]})
+    expected = generated_with_own_work(workspace, after.answers, "expected")
+    assert_same_tree(project, expected, "the switched project")
+    return project
+
+
 @pytest.mark.slow
 def test_turning_sentry_on_later_equals_generating_with_it(
     workspace: Workspace, installed_after: Callable[[Path, Variant], InstalledProject]
 ) -> None:
-    project = generated_with_own_work(workspace, DEFAULT_NO.answers, "service")
+    project = switched(workspace, DEFAULT_NO, DEFAULT_YES)
 
-    workspace.update(project, {"include_sentry": "yes"})
-
-    expected = generated_with_own_work(workspace, DEFAULT_YES.answers, "expected")
-    assert tree_differences(project, expected) == []
     installed = installed_after(project, DEFAULT_YES)
     imported = installed.run("python", "-c", "import sentry_sdk, app.sentry")
     assert imported.returncode == 0, imported.stderr
@@ -330,12 +338,8 @@ def test_turning_sentry_on_later_equals_generating_with_it(
 def test_turning_sentry_off_removes_every_file_and_mention(
     workspace: Workspace, installed_after: Callable[[Path, Variant], InstalledProject]
 ) -> None:
-    project = generated_with_own_work(workspace, DEFAULT_YES.answers, "service")
+    project = switched(workspace, DEFAULT_YES, DEFAULT_NO)
 
-    workspace.update(project, {"include_sentry": "no"})
-
-    expected = generated_with_own_work(workspace, DEFAULT_NO.answers, "expected")
-    assert tree_differences(project, expected) == []
     left = [name for name in SENTRY_ONLY_FILES if (project / name).exists()]
     assert not left, f"Sentry files left after switching it off: {left}"
     mentions = [name for name, content in tree(project).items() if b"sentry" in content.lower()]
@@ -400,17 +404,9 @@ def run_step(workspace: Workspace, project: Path, script: str) -> subprocess.Com
         f'shift 4\nexec "{sys.executable}" -m cruft "$@"\n'
     )
     pipx.chmod(0o755)
-    env = {**workspace.environment()}
-    env["PATH"] = f"{bin_dir}:{env['PATH']}"
-    return subprocess.run(
-        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    path = f"{bin_dir}:{workspace.environment()['PATH']}"
+    script_run = ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script]
+    return workspace.run(script_run, project, PATH=path)
 
 
 def test_ci_warns_without_failing_when_the_project_is_behind(workspace: Workspace) -> None:

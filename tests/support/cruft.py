@@ -102,11 +102,14 @@ class Workspace:
             "COOKIECUTTER_CONFIG": str(self.root / "cookiecutterrc"),
         }
 
-    def run(self, command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, command: list[str], cwd: Path, **environment: str
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `command` in the workspace's environment, with `environment` on top."""
         return subprocess.run(
             command,
             cwd=cwd,
-            env=self.environment(),
+            env={**self.environment(), **environment},
             capture_output=True,
             text=True,
             timeout=180,
@@ -192,6 +195,11 @@ def tree_differences(actual: Path, expected: Path) -> list[str]:
         if have[name] != want[name]:
             lines.append(f"differs: {name}\n{first_difference(have[name], want[name])}")
     return lines
+
+
+def assert_same_tree(actual: Path, expected: Path, what: str) -> None:
+    differences = tree_differences(actual, expected)
+    assert not differences, f"{what} differs from {expected.name}:\n" + "\n".join(differences)
 
 
 def first_difference(have: bytes, want: bytes) -> str:
