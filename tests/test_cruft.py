@@ -296,7 +296,7 @@ def test_link_adopts_a_project_made_with_plain_cookiecutter(workspace: Workspace
 
 @pytest.fixture
 def installed_after(postgres_database: str) -> Callable[[Path, Variant], InstalledProject]:
-    """Install a switched project and run its own tests on SQLite and PostgreSQL."""
+    """Install a switched project again, as its README says, and run its tests on both databases."""
 
     def run_tests(project: Path, variant: Variant) -> InstalledProject:
         installed = install(project, variant)
@@ -312,11 +312,13 @@ def installed_after(postgres_database: str) -> Callable[[Path, Variant], Install
 
 
 def switched(workspace: Workspace, before: Variant, after: Variant) -> Path:
-    """A project with the team's work, switched from one answer to the other by `cruft update`.
+    """A project in use (own work, installed, migrated), then switched by `cruft update`.
 
     The result must be exactly what generating with the new answer, plus the same work, makes.
     """
     project = generated_with_own_work(workspace, before.answers, "service")
+    migrated = install(project, before).run("alembic", "upgrade", "head")
+    assert migrated.returncode == 0, migrated.stderr
     workspace.update(project, {"include_sentry": after.answers["include_sentry"]})
     expected = generated_with_own_work(workspace, after.answers, "expected")
     assert_same_tree(project, expected, "the switched project")

@@ -169,20 +169,34 @@ class Workspace:
 
 def unresolved(project: Path) -> list[str]:
     """Rejected hunks (`*.rej`) and files with conflict markers: what a user would have to fix."""
-    found = [str(path.relative_to(project)) for path in project.rglob("*.rej")]
-    found += [name for name, content in tree(project).items() if CONFLICT_MARKER.search(content)]
+    files = tree(project)
+    found = [name for name in files if name.endswith(".rej")]
+    found += [name for name, content in files.items() if CONFLICT_MARKER.search(content)]
     return found
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    """Every file under `root` but git's own, by relative path, with an `(executable)` mark."""
+    """The project's files by relative path, with an `(executable)` mark.
+
+    In a git repository, the files git would track (the virtual environment, databases and caches
+    a user's work leaves behind are ignored); elsewhere every file but git's own.
+    """
+    if (root / ".git").exists():
+        listed = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=root,
+            env={**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"},
+            capture_output=True,
+            check=True,
+        ).stdout.decode()
+        paths = [root / name for name in listed.split("\0") if name]
+    else:
+        paths = [path for path in root.rglob("*") if ".git" not in path.relative_to(root).parts]
     files = {}
-    for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root)
-        if relative.parts[0] == ".git" or not path.is_file():
-            continue
-        mark = " (executable)" if os.access(path, os.X_OK) else ""
-        files[f"{relative}{mark}"] = path.read_bytes()
+    for path in sorted(paths):
+        if path.is_file():
+            mark = " (executable)" if os.access(path, os.X_OK) else ""
+            files[f"{path.relative_to(root)}{mark}"] = path.read_bytes()
     return files
 
 
