@@ -139,8 +139,15 @@ def generated_with_own_work(workspace: Workspace, answers: dict[str, str], name:
 # --- a newer template -----------------------------------------------------------------------------
 
 
+NEW_SENTRY_FILE = "app/sentry_later.py"
+
+
 def change_the_template(workspace: Workspace) -> str:
-    """A later template commit: edits near and far from the team's, a new file, a removed file."""
+    """A later template commit: edits near and far from the team's, a new file, a removed file.
+
+    It also adds a Sentry-only file to the manifest: a project updated with `include_sentry=no`
+    must not get it, which holds only if the update uses the newer template's manifest.
+    """
     project = workspace.template / "{{cookiecutter.project_slug}}"
     edit(
         project / "README.md",
@@ -159,6 +166,16 @@ def change_the_template(workspace: Workspace) -> str:
     )
     (project / ".pre-commit-config.yaml").unlink()
     edit(project / "app/sentry_ids.py", lambda text: text + "\n# A change in a Sentry-only file.\n")
+    (project / NEW_SENTRY_FILE).write_text(
+        '"""A Sentry-only module that a later template adds."""\n'
+    )
+    edit(
+        workspace.template / "hooks/post_gen_project.py",
+        replace_once(
+            '        "app/sentry_transport.py",\n',
+            f'        "app/sentry_transport.py",\n        "{NEW_SENTRY_FILE}",\n',
+        ),
+    )
     return workspace.commit_template("A newer template")
 
 
@@ -238,6 +255,9 @@ def test_update_applies_the_newer_template_around_the_teams_work(
     assert_same_tree(project, expected, "the updated project")
     assert (project / "CONTRIBUTING.md").read_text().startswith("# Contributing to My Service\n")
     assert not (project / ".pre-commit-config.yaml").exists(), "a file the template removed is left"
+    assert (project / NEW_SENTRY_FILE).exists() == variant.sentry, (
+        f"{NEW_SENTRY_FILE}, new in the manifest, must exist only with include_sentry=yes"
+    )
 
 
 def test_an_update_that_meets_the_teams_change_leaves_conflicts_to_resolve(
