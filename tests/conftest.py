@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import psycopg
 import pytest
 
 from tests.support.bugsink import Bugsink, running_bugsink
+from tests.support.probe import Probe, running_probe
 from tests.support.template import (
     DEFAULT_YES,
     TEMPLATE_DIR,
@@ -64,6 +66,23 @@ class InstalledProject:
             timeout=timeout,
             check=False,
         )
+
+    @contextmanager
+    def probe(
+        self, workdir: Path, dsn: str, *, gunicorn_workers: int = 0, **settings: str
+    ) -> Iterator[Probe]:
+        """Serve the end-to-end probe app beside this project's app (tests/support/probe.py)."""
+        environment = clean_environment()
+        with running_probe(
+            self.venv,
+            self.path,
+            environment,
+            workdir,
+            dsn,
+            gunicorn_workers=gunicorn_workers,
+            **settings,
+        ) as running:
+            yield running
 
 
 def clean_environment() -> dict[str, str]:

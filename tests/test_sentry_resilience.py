@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import InstalledProject, clean_environment
+from tests.conftest import InstalledProject
 from tests.support.bugsink import Bugsink
-from tests.support.probe import Probe, running_probe
+from tests.support.probe import Probe
 from tests.support.recorder import Recorder, blackhole, closed_port_dsn
 from tests.support.server import Response, stop
 
@@ -76,21 +76,6 @@ def fault_dsn(fault: str) -> Iterator[str]:
             yield recorder.dsn
     else:  # pragma: no cover - a typo in the parameters
         raise ValueError(fault)
-
-
-@contextmanager
-def probe_for(
-    project: InstalledProject, workdir: Path, dsn: str, gunicorn_workers: int = 0
-) -> Iterator[Probe]:
-    with running_probe(
-        project.venv,
-        project.path,
-        clean_environment(),
-        workdir,
-        dsn,
-        gunicorn_workers=gunicorn_workers,
-    ) as probe:
-        yield probe
 
 
 def call(
@@ -207,12 +192,12 @@ def references(
 ) -> dict[str, LoadRun]:
     """The load without a DSN and with a healthy Sentry, each measured once for the module."""
     runs = {}
-    with probe_for(sentry_project, tmp_path_factory.mktemp(BASELINE), "") as probe:
+    with sentry_project.probe(tmp_path_factory.mktemp(BASELINE), "") as probe:
         runs[BASELINE] = drive_load(probe, BASELINE)
     runs[BASELINE].log = probe.log()
     with (
         Recorder() as recorder,
-        probe_for(sentry_project, tmp_path_factory.mktemp(REFERENCE), recorder.dsn) as probe,
+        sentry_project.probe(tmp_path_factory.mktemp(REFERENCE), recorder.dsn) as probe,
     ):
         runs[REFERENCE] = drive_load(probe, REFERENCE)
     runs[REFERENCE].log = probe.log()
@@ -229,7 +214,7 @@ def test_service_fails_open(
     if fault in references:
         run = references[fault]
     else:
-        with fault_dsn(fault) as dsn, probe_for(sentry_project, tmp_path, dsn) as probe:
+        with fault_dsn(fault) as dsn, sentry_project.probe(tmp_path, dsn) as probe:
             run = drive_load(probe, fault)
             if fault == "never-answers":
                 stop_seconds = stop(probe.server)
@@ -299,7 +284,7 @@ def test_hung_sentry_is_reported_before_shutdown(
     """A Sentry that never answers is named in the log within seconds, or at the latest when
     the service stops with events it could not send."""
     wait_seconds = 6.0
-    with blackhole() as dsn, probe_for(sentry_project, tmp_path, dsn) as probe:
+    with blackhole() as dsn, sentry_project.probe(tmp_path, dsn) as probe:
         for i in range(3):
             call(probe, f"/e2e/fail/hung-{i}", 500)
         deadline = time.monotonic() + wait_seconds
@@ -340,7 +325,7 @@ def test_uvicorn_flushes_queued_events_at_shutdown(
     count, delay = 5, 0.3
     with (
         Recorder(delay=delay) as recorder,
-        probe_for(sentry_project, tmp_path, recorder.dsn) as probe,
+        sentry_project.probe(tmp_path, recorder.dsn) as probe,
     ):
         sent = [post_message(probe, f"uvicorn-{i}")["event_id"] for i in range(count)]
         before = len(recorded_ids(recorder) & set(sent))
@@ -377,7 +362,7 @@ def test_gunicorn_workers_flush_queued_events_at_shutdown(
 
     with (
         Recorder(delay=delay) as recorder,
-        probe_for(sentry_project, tmp_path, recorder.dsn, gunicorn_workers=2) as probe,
+        sentry_project.probe(tmp_path, recorder.dsn, gunicorn_workers=2) as probe,
         ThreadPoolExecutor(max_workers=per_batch + 1) as pool,
     ):
         # An idle gunicorn lets one worker accept nearly every connection; messages sent while
@@ -421,7 +406,7 @@ def test_shutdown_waits_only_so_long_for_a_hung_sentry(
     sentry_project: InstalledProject, tmp_path: Path
 ) -> None:
     bound = FLUSH_SECONDS + 2.0
-    with blackhole() as dsn, probe_for(sentry_project, tmp_path, dsn) as probe:
+    with blackhole() as dsn, sentry_project.probe(tmp_path, dsn) as probe:
         for i in range(3):
             post_message(probe, f"hung-{i}")
         seconds = stop(probe.server)

@@ -12,15 +12,15 @@ from __future__ import annotations
 import collections
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import InstalledProject, clean_environment
+from tests.conftest import InstalledProject
 from tests.support.bugsink import Bugsink, BugsinkProject
-from tests.support.probe import Probe, running_probe
+from tests.support.probe import Probe
 from tests.support.server import stop
 
 pytestmark = pytest.mark.slow
@@ -31,19 +31,14 @@ DELIVERY_TIMEOUT = 150.0
 
 
 @contextmanager
-def probe(
-    project: InstalledProject, workdir: Path, dsn: str, spool: Path, **settings: str
-) -> Iterator[Probe]:
-    with running_probe(
-        project.venv,
-        project.path,
-        clean_environment(),
-        workdir,
-        dsn,
-        SENTRY_SPOOL_DIR=str(spool),
-        **settings,
-    ) as running:
-        yield running
+def outage(bugsink: Bugsink) -> Iterator[None]:
+    """Bugsink down from the start of the block (which may start it again); up after it."""
+    bugsink.stop_server()
+    try:
+        yield
+    finally:
+        if bugsink.process.poll() is not None:
+            bugsink.start_server()
 
 
 def message(running: Probe, label: str) -> str:
@@ -64,6 +59,17 @@ def stored_ids(bugsink: Bugsink, project: BugsinkProject, count: int) -> list[st
     return [str(event["event_id"]) for event in bugsink.wait_for_events(project, count, 60)]
 
 
+def stored_when(
+    bugsink: Bugsink, project: BugsinkProject, at_least: int, enough: Callable[[list[str]], bool]
+) -> list[str]:
+    """The ids Bugsink stored, asked again until `enough` holds or DELIVERY_TIMEOUT passes."""
+    deadline = time.monotonic() + DELIVERY_TIMEOUT
+    stored = stored_ids(bugsink, project, at_least)
+    while not enough(stored) and time.monotonic() < deadline:
+        stored = stored_ids(bugsink, project, at_least)
+    return stored
+
+
 def wait_for_files(directory: Path, count: int, timeout: float = 20.0) -> int:
     deadline = time.monotonic() + timeout
     while len(list(directory.glob("*.envelope"))) < count and time.monotonic() < deadline:
@@ -75,40 +81,33 @@ def test_every_event_of_an_outage_arrives_once(
     sentry_project: InstalledProject, bugsink: Bugsink, tmp_path: Path
 ) -> None:
     project = bugsink.create_project("spool-outage")
-    spool = tmp_path / "spool"
+    spool_dir = tmp_path / "spool"
+    spool = {"SENTRY_SPOOL_DIR": str(spool_dir)}
     third = OUTAGE_EVENTS // 3
     sent: list[str] = []
-    bugsink.stop_server()
-    try:
-        with ExitStack() as running:
-            first = running.enter_context(
-                probe(sentry_project, tmp_path / "first", project.dsn, spool)
-            )
-            second = running.enter_context(
-                probe(sentry_project, tmp_path / "second", project.dsn, spool)
-            )
-            for n in range(third):
-                sent.append(message(first, f"first-{n}"))
-                sent.append(message(second, f"second-{n}"))
-            stop(first.server)  # a restart: the first process goes, a new one comes
-            restarted = running.enter_context(
-                probe(sentry_project, tmp_path / "restarted", project.dsn, spool)
-            )
-            sent.extend(message(restarted, f"restarted-{n}") for n in range(third))
-            waiting = wait_for_files(spool, len(sent))
-            started = time.monotonic()
-            bugsink.start_server()
-            stored = stored_ids(bugsink, project, len(sent))
-            deadline = time.monotonic() + DELIVERY_TIMEOUT
-            while len(stored) < len(sent) and time.monotonic() < deadline:
-                stored = stored_ids(bugsink, project, len(sent))
-            seconds = time.monotonic() - started
-            time.sleep(2)  # time for a duplicate to show up, if one were coming
-            stored = stored_ids(bugsink, project, len(sent))
-            logs = "".join(p.log() for p in (first, second, restarted))
-    finally:
-        if bugsink.process.poll() is not None:
-            bugsink.start_server()
+    with outage(bugsink), ExitStack() as running:
+        first = running.enter_context(
+            sentry_project.probe(tmp_path / "first", project.dsn, **spool)
+        )
+        second = running.enter_context(
+            sentry_project.probe(tmp_path / "second", project.dsn, **spool)
+        )
+        for n in range(third):
+            sent.append(message(first, f"first-{n}"))
+            sent.append(message(second, f"second-{n}"))
+        stop(first.server)  # a restart: the first process goes, a new one comes
+        restarted = running.enter_context(
+            sentry_project.probe(tmp_path / "restarted", project.dsn, **spool)
+        )
+        sent.extend(message(restarted, f"restarted-{n}") for n in range(third))
+        waiting = wait_for_files(spool_dir, len(sent))
+        started = time.monotonic()
+        bugsink.start_server()
+        stored_when(bugsink, project, len(sent), lambda stored: len(stored) >= len(sent))
+        seconds = time.monotonic() - started
+        time.sleep(2)  # time for a duplicate to show up, if one were coming
+        stored = stored_ids(bugsink, project, len(sent))
+        logs = "".join(p.log() for p in (first, second, restarted))
     print(
         f"\noutage: {len(sent)} events over two processes and a restart, {waiting} waiting in "
         f"the spool; all stored {seconds:.1f} s after Bugsink started"
@@ -122,31 +121,24 @@ def test_every_event_of_an_outage_arrives_once(
     assert accepted_envelopes(bugsink, project) == len(sent), (
         f"Bugsink accepted {accepted_envelopes(bugsink, project)} envelopes for {len(sent)} events"
     )
-    assert not list(spool.glob("*.envelope")), "delivered events were left in the spool"
+    assert not list(spool_dir.glob("*.envelope")), "delivered events were left in the spool"
 
 
 def test_past_its_cap_the_spool_drops_the_oldest_and_says_how_many(
     sentry_project: InstalledProject, bugsink: Bugsink, tmp_path: Path
 ) -> None:
     project = bugsink.create_project("spool-cap")
-    spool = tmp_path / "spool"
-    bugsink.stop_server()
-    try:
-        # about 2.5 KiB a message event: room for a handful
-        with probe(
-            sentry_project, tmp_path / "app", project.dsn, spool, SENTRY_SPOOL_MAX_MB="0.015"
-        ) as running:
-            sent = [message(running, f"cap-{n}") for n in range(40)]
-            time.sleep(1)
-            bugsink.start_server()
-            stored = set(stored_ids(bugsink, project, 1))
-            deadline = time.monotonic() + DELIVERY_TIMEOUT
-            while not {sent[-1]} <= stored and time.monotonic() < deadline:
-                stored = set(stored_ids(bugsink, project, 1))
-            log = running.log()
-    finally:
-        if bugsink.process.poll() is not None:
-            bugsink.start_server()
+    settings = {"SENTRY_SPOOL_DIR": str(tmp_path / "spool"), "SENTRY_SPOOL_MAX_MB": "0.015"}
+    # about 2.5 KiB a message event: room for a handful
+    with (
+        outage(bugsink),
+        sentry_project.probe(tmp_path / "app", project.dsn, **settings) as running,
+    ):
+        sent = [message(running, f"cap-{n}") for n in range(40)]
+        time.sleep(1)
+        bugsink.start_server()
+        stored = set(stored_when(bugsink, project, 1, lambda stored: sent[-1] in stored))
+        log = running.log()
     kept = [event_id in stored for event_id in sent]
     print(f"\nspool cap: {sum(kept)} of {len(sent)} events kept and delivered")
     assert kept[-1] and not kept[0], f"not the oldest dropped: {kept}"
@@ -161,22 +153,19 @@ def test_a_damaged_spool_file_is_skipped_and_the_rest_arrive(
 ) -> None:
     project = bugsink.create_project("spool-damaged")
     spool = tmp_path / "spool"
-    bugsink.stop_server()
-    try:
-        with probe(sentry_project, tmp_path / "app", project.dsn, spool) as running:
-            sent = [message(running, f"damaged-{n}") for n in range(10)]
-            assert wait_for_files(spool, len(sent)) == len(sent), "events were not spooled"
-            damaged = sorted(spool.glob("*.envelope"))[3]
-            damaged.write_bytes(b"\x00not an envelope\n" + damaged.read_bytes()[40:])
-            bugsink.start_server()
-            stored = stored_ids(bugsink, project, len(sent) - 1)
-            deadline = time.monotonic() + DELIVERY_TIMEOUT
-            while len(stored) < len(sent) - 1 and time.monotonic() < deadline:
-                stored = stored_ids(bugsink, project, len(sent) - 1)
-            log = running.log()
-    finally:
-        if bugsink.process.poll() is not None:
-            bugsink.start_server()
+    settings = {"SENTRY_SPOOL_DIR": str(spool)}
+    with (
+        outage(bugsink),
+        sentry_project.probe(tmp_path / "app", project.dsn, **settings) as running,
+    ):
+        sent = [message(running, f"damaged-{n}") for n in range(10)]
+        assert wait_for_files(spool, len(sent)) == len(sent), "events were not spooled"
+        damaged = sorted(spool.glob("*.envelope"))[3]
+        damaged.write_bytes(b"\x00not an envelope\n" + damaged.read_bytes()[40:])
+        bugsink.start_server()
+        intact = len(sent) - 1
+        stored = stored_when(bugsink, project, intact, lambda stored: len(stored) >= intact)
+        log = running.log()
     assert len(stored) == len(sent) - 1 and set(stored) < set(sent), (
         f"{len(stored)} of the {len(sent) - 1} intact events arrived\n{log[-3000:]}"
     )
@@ -189,11 +178,10 @@ def test_a_flood_of_one_error_is_capped_and_the_drops_counted(
 ) -> None:
     project = bugsink.create_project("flood")
     cap, window, hits = 5, 3.0, 60
-    with probe(
-        sentry_project,
+    with sentry_project.probe(
         tmp_path / "app",
         project.dsn,
-        tmp_path / "spool",
+        SENTRY_SPOOL_DIR=str(tmp_path / "spool"),
         SENTRY_FLOOD_MAX_EVENTS=str(cap),
         SENTRY_FLOOD_WINDOW_SECONDS=str(window),
     ) as running:
