@@ -31,15 +31,19 @@ NOT_TEMPLATE = shutil.ignore_patterns(
 CONFLICT_MARKER = re.compile(rb"^(<{7}|>{7})( |$)", re.MULTILINE)
 
 
-def template_files() -> list[str]:
-    """The template's files as they are now: tracked and new ones, without what git ignores."""
+def git_files(root: Path) -> list[str]:
+    """The files of a git working tree as they are now: tracked and new, not the ignored ones.
+
+    (Deleted but still tracked files are left out; the user's own git configuration is not read.)
+    """
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=TEMPLATE_DIR,
+        cwd=root,
+        env={**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"},
         capture_output=True,
         check=True,
     ).stdout.decode()
-    return sorted(name for name in listed.split("\0") if name and (TEMPLATE_DIR / name).is_file())
+    return sorted(name for name in listed.split("\0") if name and (root / name).is_file())
 
 
 def copy_template(destination: Path) -> None:
@@ -47,7 +51,7 @@ def copy_template(destination: Path) -> None:
     if not (TEMPLATE_DIR / ".git").exists():
         shutil.copytree(TEMPLATE_DIR, destination, ignore=NOT_TEMPLATE)
         return
-    for name in template_files():
+    for name in git_files(TEMPLATE_DIR):
         target = destination / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(TEMPLATE_DIR / name, target)
@@ -182,14 +186,7 @@ def tree(root: Path) -> dict[str, bytes]:
     a user's work leaves behind are ignored); elsewhere every file but git's own.
     """
     if (root / ".git").exists():
-        listed = subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=root,
-            env={**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"},
-            capture_output=True,
-            check=True,
-        ).stdout.decode()
-        paths = [root / name for name in listed.split("\0") if name]
+        paths = [root / name for name in git_files(root)]
     else:
         paths = [path for path in root.rglob("*") if ".git" not in path.relative_to(root).parts]
     files = {}
