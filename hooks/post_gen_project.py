@@ -31,17 +31,10 @@ ACTIONS_EXPRESSION = re.compile(r"\$\{\{.*?\}\}")
 OPTIONAL_FILES: dict[str, list[str]] = {
     "include_sentry": [
         "app/sentry.py",
-        "app/sentry_asgi.py",
-        "app/sentry_flood.py",
-        "app/sentry_frames.py",
-        "app/sentry_ids.py",
-        "app/sentry_privacy.py",
-        "app/sentry_serializer.py",
-        "app/sentry_spool.py",
-        "app/sentry_transactions.py",
-        "app/sentry_transport.py",
+        "app/sentry_integration",
         "docs/adr/0003-error-tracking-with-sentry.md",
-        "tests/sentry",
+        "tests/test_sentry.py",
+        "tests/sentry_integration",
     ],
 }
 SKIPPED_DIRS = {".git", ".venv", "__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"}

@@ -165,15 +165,18 @@ def change_the_template(workspace: Workspace) -> str:
         "Run `pytest`, `ruff check .` and `mypy` before you push.\n"
     )
     (project / ".pre-commit-config.yaml").unlink()
-    edit(project / "app/sentry_ids.py", lambda text: text + "\n# A change in a Sentry-only file.\n")
+    edit(
+        project / "app/sentry_integration/privacy.py",
+        lambda text: text + "\n# A change in a Sentry-only file.\n",
+    )
     (project / NEW_SENTRY_FILE).write_text(
         '"""A Sentry-only module that a later template adds."""\n'
     )
     edit(
         workspace.template / "hooks/post_gen_project.py",
         replace_once(
-            '        "app/sentry_transport.py",\n',
-            f'        "app/sentry_transport.py",\n        "{NEW_SENTRY_FILE}",\n',
+            '        "app/sentry_integration",\n',
+            f'        "app/sentry_integration",\n        "{NEW_SENTRY_FILE}",\n',
         ),
     )
     return workspace.commit_template("A newer template")

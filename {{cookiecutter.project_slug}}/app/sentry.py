@@ -30,7 +30,7 @@ from fastapi.exception_handlers import http_exception_handler
 from starlette.exceptions import HTTPException
 
 from app.core.config import Settings, load_settings
-from app.sentry_privacy import safely, scrub_breadcrumb, scrub_event
+from app.sentry_integration.privacy import safely, scrub_breadcrumb, scrub_event
 
 try:
     import sentry_sdk
@@ -44,15 +44,15 @@ try:
     from sentry_sdk.utils import Dsn
 
     from app import sentry_ids, sentry_serializer
-    from app.sentry_asgi import (
+    from app.sentry_integration.request import (
         TracingMiddleware,
         enable_asyncio_spans_for_traced_requests,
         sample_rate,
     )
-    from app.sentry_flood import FloodGate, issue_key
-    from app.sentry_frames import add_app_frame_detail
-    from app.sentry_spool import Spool
-    from app.sentry_transport import SentryTransport, transport_class
+    from app.sentry_integration.flood import FloodGate, issue_key
+    from app.sentry_integration.frames import add_app_frame_detail
+    from app.sentry_integration.spool import Spool
+    from app.sentry_integration.delivery import SentryTransport, transport_class
 except ImportError:  # pragma: no cover - exercised by a test that hides the package
     sentry_sdk = None  # type: ignore[assignment]
 

@@ -40,8 +40,10 @@ class Settings(BaseSettings):
     sentry_release: str = Field(default=__version__, min_length=1)
     sentry_traces_sample_rate: float = Field(default=0.1, ge=0.0, le=1.0, allow_inf_nan=False)
     sentry_profiles_sample_rate: float = Field(default=0.1, ge=0.0, le=1.0, allow_inf_nan=False)
+    sentry_ca_certs: str = ""  # a PEM bundle for a Sentry behind a private CA; empty: the default
+    sentry_trace_propagation_targets: str = ""  # hosts, comma-separated; empty: none
     sentry_spool_enabled: bool = True
-    sentry_spool_dir: str = ""  # empty: a directory named after the service in the temp directory
+    sentry_spool_dir: str = ""  # empty: a directory of this user's, named after the service, in /tmp
     sentry_spool_max_mb: float = Field(default=50.0, gt=0.0, allow_inf_nan=False)
     sentry_spool_max_age_hours: float = Field(default=24.0, gt=0.0, allow_inf_nan=False)
     sentry_flood_max_events: int = Field(default=10, ge=0)

@@ -13,7 +13,7 @@ from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import Transport
 
 from app.core.config import Settings
-from app.sentry_transport import Answer, SendError, SentryTransport
+from app.sentry_integration.delivery import Answer, SendError, SentryTransport
 
 DSN = "http://public@127.0.0.1:9/1"
 

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from app import sentry, sentry_transactions
 from app.core.config import Settings
 from app.main import create_app
-from tests.sentry.conftest import CapturingTransport
+from tests.sentry_integration.conftest import CapturingTransport
 
 #: Fields that differ between any two transactions: ids and times.
 VARYING = {

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from app import sentry
 from app.core.config import Settings
-from app.sentry_privacy import (
+from app.sentry_integration.privacy import (
     FILTERED,
     SENSITIVE_KEY_PARTS,
     is_sensitive_key,
@@ -18,7 +18,7 @@ from app.sentry_privacy import (
     scrub_event,
     scrub_text,
 )
-from tests.sentry.conftest import CapturingTransport
+from tests.sentry_integration.conftest import CapturingTransport
 
 MARKER = "Zq7MARKERvalue"
 

@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 from app import sentry
 from app.core.config import Settings
 from app.main import create_app
-from app.sentry_asgi import MAX_BODY_BYTES, _sampling
+from app.sentry_integration.request import MAX_BODY_BYTES, _sampling
 from tests.conftest import TokenFactory
-from tests.sentry.conftest import CapturingTransport
+from tests.sentry_integration.conftest import CapturingTransport
 
 
 def _app(settings: Settings, transport: CapturingTransport, rate: float) -> FastAPI:

@@ -14,8 +14,8 @@ import sentry_sdk.client
 from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import HttpTransport
 
-from app import sentry_transport
-from app.sentry_transport import (
+from app.sentry_integration import delivery as sentry_transport
+from app.sentry_integration.delivery import (
     Answer,
     Connection,
     SendError,
@@ -24,7 +24,7 @@ from app.sentry_transport import (
     parse_rate_limits,
     target_for,
 )
-from tests.sentry.conftest import DSN, scripted_transport
+from tests.sentry_integration.conftest import DSN, scripted_transport
 
 HEAD = b"POST /api/1/envelope/ HTTP/1.1\r\nContent-Length: 4\r\n\r\n"
 

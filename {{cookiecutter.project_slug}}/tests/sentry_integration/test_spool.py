@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from sentry_sdk.envelope import Envelope
 
-from app import sentry_transport
-from app.sentry_spool import Spool
-from app.sentry_transport import Answer, SendError
-from tests.sentry.conftest import scripted_transport
+from app.sentry_integration import delivery as sentry_transport
+from app.sentry_integration.spool import Spool
+from app.sentry_integration.delivery import Answer, SendError
+from tests.sentry_integration.conftest import scripted_transport
 
 MiB = 2**20
 

@@ -8,11 +8,12 @@ import sentry_sdk
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from app import sentry, sentry_flood
+from app import sentry
+from app.sentry_integration import flood as sentry_flood
 from app.core.config import Settings
 from app.main import create_app
-from app.sentry_flood import DEFAULT_FINGERPRINT, FloodGate, issue_key
-from tests.sentry.conftest import CapturingTransport
+from app.sentry_integration.flood import DEFAULT_FINGERPRINT, FloodGate, issue_key
+from tests.sentry_integration.conftest import CapturingTransport
 
 
 def _raised_at_one_place(message: str) -> ValueError:

@@ -9,7 +9,7 @@ from pydantic import SecretStr
 
 from app import sentry
 from app.core.config import Settings
-from tests.sentry.conftest import DSN
+from tests.sentry_integration.conftest import DSN
 
 
 def _posting(status: int, seen: list[urllib.request.Request]) -> sentry.Poster:

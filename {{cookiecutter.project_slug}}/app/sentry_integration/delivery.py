@@ -47,7 +47,7 @@ from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import HttpTransport, Transport
 from sentry_sdk.utils import Dsn
 
-from app.sentry_spool import Spool, Spooled
+from app.sentry_integration.spool import Spool, Spooled
 
 logger = logging.getLogger("app.sentry")
 

@@ -13,7 +13,7 @@ from app.api.deps import CurrentUserDep
 from app.core.config import ConfigurationError, Settings, load_settings
 from app.main import create_app
 from tests.conftest import TokenFactory
-from tests.sentry.conftest import CapturingTransport
+from tests.sentry_integration.conftest import CapturingTransport
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from fastapi.testclient import TestClient
 from app import sentry
 from app.core.config import Settings
 from app.main import create_app
-from app.sentry_frames import add_app_frame_detail
-from tests.sentry.conftest import CapturingTransport
+from app.sentry_integration.frames import add_app_frame_detail
+from tests.sentry_integration.conftest import CapturingTransport
 
 
 def _frames(event: dict[str, Any]) -> list[dict[str, Any]]:
