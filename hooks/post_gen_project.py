@@ -33,7 +33,6 @@ OPTIONAL_FILES: dict[str, list[str]] = {
         "app/sentry.py",
         "app/sentry_integration",
         "docs/adr/0003-error-tracking-with-sentry.md",
-        "tests/test_sentry.py",
         "tests/sentry_integration",
     ],
 }

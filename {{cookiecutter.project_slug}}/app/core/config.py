@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     sentry_ca_certs: str = ""  # a PEM bundle for a Sentry behind a private CA; empty: the default
     sentry_trace_propagation_targets: str = ""  # hosts, comma-separated; empty: none
     sentry_spool_enabled: bool = True
-    sentry_spool_dir: str = ""  # empty: a directory of this user's, named after the service, in /tmp
+    sentry_spool_dir: str = ""  # empty: this user's directory for the service in the temp dir
     sentry_spool_max_mb: float = Field(default=50.0, gt=0.0, allow_inf_nan=False)
     sentry_spool_max_age_hours: float = Field(default=24.0, gt=0.0, allow_inf_nan=False)
     sentry_flood_max_events: int = Field(default=10, ge=0)

@@ -18,8 +18,6 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from sentry_sdk.serializer import serialize
-
 if TYPE_CHECKING:
     from sentry_sdk.types import Event
 
@@ -27,6 +25,11 @@ if TYPE_CHECKING:
 CONTEXT_LINES = 5
 #: A source line longer than this is cut, as the SDK cuts long values.
 MAX_LINE_LENGTH = 300
+#: How a local variable is shown: nested containers down to this depth, this many items of each,
+#: strings and reprs cut at this length (about what the SDK's own serializer keeps).
+MAX_VAR_DEPTH = 3
+MAX_VAR_ITEMS = 20
+MAX_VAR_LENGTH = 1024
 
 FrameKey = tuple[str, int, str]
 
@@ -101,4 +104,26 @@ def add_app_frame_detail(event: "Event", error: BaseException | None) -> None:
             continue
         frame = candidates.pop(0)
         entry.update(_source_context(frame.f_code.co_filename, lineno))
-        entry["vars"] = serialize(dict(frame.f_locals), is_vars=True)
+        entry["vars"] = {str(name): shown(value) for name, value in frame.f_locals.items()}
+
+
+def shown(value: Any, depth: int = 0) -> Any:
+    """A local variable as sent: numbers as they are, containers walked, anything else its repr.
+
+    Never raises: a repr that fails is shown as such. The scrubber runs on the result afterwards.
+    """
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):  # quoted, as Sentry shows strings among variables
+        return repr(value[:MAX_VAR_LENGTH])
+    if depth < MAX_VAR_DEPTH:
+        if isinstance(value, dict):
+            items = list(value.items())[:MAX_VAR_ITEMS]
+            return {str(key)[:MAX_VAR_LENGTH]: shown(item, depth + 1) for key, item in items}
+        if isinstance(value, list | tuple | set | frozenset):
+            return [shown(item, depth + 1) for item in list(value)[:MAX_VAR_ITEMS]]
+    try:
+        text = repr(value)
+    except Exception as error:
+        text = f"<{type(value).__name__} whose repr failed: {type(error).__name__}>"
+    return text[:MAX_VAR_LENGTH]

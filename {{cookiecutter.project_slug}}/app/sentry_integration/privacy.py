@@ -17,7 +17,7 @@ format, add a pattern to `CREDENTIAL_PATTERNS`. This module is the single place 
 """
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -311,13 +311,46 @@ def scrub_breadcrumb(crumb: dict[str, Any]) -> dict[str, Any]:
     return scrubbed
 
 
-def safely(scrubber: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[..., Any]:
-    """Wrap a scrubber as an SDK hook that drops the item, rather than send it raw, on failure."""
+#: What of an error event survives when preparing it failed (see `reduced_event`).
+_REDUCED_FIELDS = ("event_id", "timestamp", "level", "platform", "release", "environment")
+_REDUCED_FRAME_FIELDS = ("filename", "abs_path", "module", "function", "lineno", "in_app")
 
-    def hook(item: dict[str, Any], hint: Any = None) -> dict[str, Any] | None:
-        try:
-            return scrubber(item)
-        except Exception:
-            return None
 
-    return hook
+def reduced_event(event: Mapping[str, Any]) -> dict[str, Any]:
+    """The least of an error event that is still worth sending, and safe to send unchecked.
+
+    Used when preparing the full event failed: the exception's type and scrubbed message, and its
+    stack (file, function, line) without local variables, source, request, user or any context.
+    """
+    reduced: dict[str, Any] = {
+        key: event[key] for key in _REDUCED_FIELDS if isinstance(event.get(key), str | int | float)
+    }
+    values = []
+    exception = event.get("exception")
+    for value in (exception.get("values") or []) if isinstance(exception, Mapping) else []:
+        if not isinstance(value, Mapping):
+            continue
+        frames = (value.get("stacktrace") or {}).get("frames") or []
+        values.append(
+            {
+                "type": str(value.get("type")),
+                "value": scrub_text(str(value.get("value", ""))),
+                "stacktrace": {
+                    "frames": [
+                        {key: frame[key] for key in _REDUCED_FRAME_FIELDS if key in frame}
+                        for frame in frames
+                        if isinstance(frame, Mapping)
+                    ]
+                },
+            }
+        )
+    if values:
+        reduced["exception"] = {"values": values}
+    logentry = event.get("logentry")
+    message = logentry.get("formatted") if isinstance(logentry, Mapping) else None
+    if message is None:
+        message = event.get("message")
+    if message is not None:
+        reduced["message"] = scrub_text(str(message))
+    reduced["tags"] = {"reduced_event": "true"}
+    return reduced

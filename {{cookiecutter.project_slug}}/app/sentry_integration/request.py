@@ -1,35 +1,34 @@
-"""The request path of error tracking: a lean ASGI middleware in place of the SDK's Starlette and
-FastAPI integrations.
+"""The request path: a lean ASGI middleware instead of the SDK's Starlette and FastAPI integrations.
 
-Those integrations did a lot of work for every request, sampled or not: a transaction object, a
-request-info extractor, spans around every middleware, patched handlers. On a trivial route that
-cost more than half the service's throughput with tracing off (docs/adr/0003). This middleware
-does, for a request that is not traced and does not fail, only what cannot wait:
+Those integrations do a lot of work for every request, sampled or not (request-info extractors,
+spans around every middleware, patched handlers); on a trivial route that cost more than half the
+service's throughput with tracing off (docs/adr/0003). For each HTTP or WebSocket request, this
+middleware does only what cannot wait:
 
 - a fresh isolation scope, so that user, tenant, tags and breadcrumbs stay with their request;
-- a new trace id (generated lazily by the SDK);
+- the request's trace: the caller's (`sentry-trace`, `baggage`) or a new one;
+- with tracing on, a transaction that the SDK samples (`sentry_sdk.start_transaction`); the
+  sampling rule is `sample_rate`, used by `init_sentry`'s `traces_sampler`;
 - a copy of the first `MAX_BODY_BYTES` of the request body, kept only in case an error is reported.
 
-Everything else happens only when it is needed: the request context (method, URL, headers, query,
-body) is read when an event is built, and a transaction, with spans and the route template as its
-name, is started only for a request that is sampled; app/sentry_transactions.py sends it when the
-request ends. The SDK still does the rest: client, scopes, transaction and span objects.
+The request context (method, URL, headers, query, body) is read only when an event is built. An
+exception that escapes the app is reported once the server has answered 500; an exception that a
+handler turned into a 5xx answer (FastAPI's `HTTPException`, or the team's own handler for any
+exception) is reported when that answer starts. Only `sentry_sdk`'s public API is used.
 """
 
 import asyncio
 import contextvars
 import json
-import random
+import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 import sentry_sdk
 from sentry_sdk.integrations.asyncio import enable_asyncio_integration
-from sentry_sdk.tracing import TransactionSource
-from sentry_sdk.utils import event_from_exception
 
-from app import sentry_transactions
+from app.sentry_integration.events import is_client_error, mark_unhandled, was_reported
 
 if TYPE_CHECKING:
     from sentry_sdk.types import Event, Hint
@@ -43,109 +42,122 @@ EventProcessor = Callable[["Event", "Hint"], "Event | None"]
 
 _ROUTE_KEY = "sentry.route_template"
 _BODY_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
+_TRACE_HEADERS = frozenset({b"sentry-trace", b"baggage"})
 #: How much of a request body is kept for error reports (the SDK's "medium").
 MAX_BODY_BYTES = 10_000
 _FORM = "application/x-www-form-urlencoded"
 
 
-class TracingMiddleware:
+class SentryMiddleware:
     """Wraps the app; see the module's docstring. Requests to `untraced_paths` pass untouched."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        traces_sample_rate: float,
-        untraced_paths: frozenset[str],
-        on_capture: Callable[[BaseException], None],
-    ) -> None:
+    def __init__(self, app: ASGIApp, *, tracing: bool, untraced_paths: frozenset[str]) -> None:
         self.app = app
-        self.traces_sample_rate = traces_sample_rate
+        self.tracing = tracing
         self.untraced_paths = untraced_paths
-        self.on_capture = on_capture
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.untraced_paths:
+        kind = scope["type"]
+        if kind not in ("http", "websocket") or scope["path"] in self.untraced_paths:
             await self.app(scope, receive, send)
             return
-        trace_header, has_body = None, False
+        incoming, has_body = {}, False
         for key, value in scope["headers"]:
-            if key == b"sentry-trace":
-                trace_header = value.decode("latin-1")
+            if key in _TRACE_HEADERS:
+                incoming[key.decode("latin-1")] = value.decode("latin-1")
             elif key in _BODY_HEADERS:
                 has_body = value != b"0"
         with sentry_sdk.isolation_scope() as sentry_scope:
-            body = _BodyCopy(receive) if has_body else None
+            sentry_sdk.get_current_scope().span = None  # nothing of the server's own context
+            body = _BodyCopy(receive) if has_body and kind == "http" else None
             receive = body.receive if body is not None else receive
             sentry_scope.add_event_processor(_request_processor(scope, body))
-            sampled, chance, draw = _sampling(trace_header, self.traces_sample_rate)
-            if sampled:
-                await self._traced(scope, receive, send, sentry_scope, chance, draw)
+            transaction = sentry_sdk.continue_trace(
+                incoming,
+                op="http.server" if kind == "http" else "websocket.server",
+                name=scope["path"],
+                source="url",
+                origin="auto.http.asgi",
+            )
+            if not self.tracing or kind != "http":
+                await self._serve(scope, receive, send, None)
                 return
-            # Its own trace id (or the caller's), on both scopes: the current scope's would win,
-            # as would a span the server's context carried in.
-            incoming = None if trace_header is None else _incoming_trace(scope)
-            current = sentry_sdk.get_current_scope()
-            current.span = None
-            for each in (sentry_scope, current):
-                if incoming is None:
-                    each.set_new_propagation_context()
-                else:
-                    each.generate_propagation_context(incoming)
-            try:
-                await self.app(scope, receive, send)
-            except Exception as error:
-                self._capture_later(error)
-                raise
+            with sentry_sdk.start_transaction(
+                transaction, custom_sampling_context={"asgi_scope": scope}
+            ) as started:
+                started.set_data("http.request.method", scope.get("method"))
+                try:
+                    await self._serve(scope, receive, send, started)
+                finally:
+                    route = _route_template(scope)
+                    if route is not None and started.sampled:
+                        sentry_sdk.get_current_scope().set_transaction_name(route, source="route")
 
-    async def _traced(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        sentry_scope: sentry_sdk.Scope,
-        chance: float,
-        draw: float | None,
-    ) -> None:
-        transaction = sentry_scope.continue_trace(
-            _incoming_trace(scope),
-            op="http.server",
-            name=scope["path"],
-            source=TransactionSource.URL,
-            origin="auto.http.asgi",
-        )
-        transaction.sampled = True  # decided above, with the same rule as init's traces_sampler
-        transaction.set_data("http.request.method", scope.get("method"))
-
-        async def send_and_record_status(message: Message) -> None:
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, span: Any) -> None:
+        async def send_and_watch(message: Message) -> None:
             if message["type"] == "http.response.start":
-                transaction.set_http_status(message["status"])
+                status = message["status"]
+                if span is not None:
+                    span.set_http_status(status)
+                if status >= 500:
+                    _report_handled_server_error()
             await send(message)
 
-        sampling_context = {"asgi_scope": scope}
-        with sentry_sdk.start_transaction(transaction, custom_sampling_context=sampling_context):
-            # What the trace's dynamic sampling context tells Sentry: the rate that applied (the
-            # SDK would say 1.0, the decision having been made here), and the draw that fell
-            # under it (Sentry scales counts by the rate; callees may sample with the draw).
-            transaction.sample_rate = chance
-            if draw is not None and hasattr(transaction, "_sample_rand"):
-                transaction._sample_rand = draw
-            try:
-                await self.app(scope, receive, send_and_record_status)
-            except Exception as error:
-                transaction.set_http_status(500)
-                self._capture_later(error)
-                raise
-            finally:
-                route = _route_template(scope)
-                if route is not None:
-                    transaction.name, transaction.source = route, TransactionSource.ROUTE
-                sentry_transactions.finish(transaction)
+        try:
+            await self.app(scope, receive, send_and_watch)
+        except Exception as error:
+            if span is not None:
+                span.set_http_status(500)
+            _capture_later(error)
+            raise
 
-    def _capture_later(self, error: Exception) -> None:
-        """Report `error` once the server has sent the 500, still in this request's scope."""
-        self.on_capture(error)
-        asyncio.get_running_loop().call_soon(_capture, error, context=contextvars.copy_context())
+
+def _report_handled_server_error() -> None:
+    """Report the exception that an exception handler is answering with a 5xx, if any.
+
+    Starlette sends a handler's response from inside the `except` block that caught the exception,
+    so the exception is still the one being handled: whatever the handler (FastAPI's own for
+    `HTTPException`, or one the team registered) and whenever it was registered.
+    """
+    error = sys.exc_info()[1]
+    if isinstance(error, Exception) and not was_reported(error) and not is_client_error(error):
+        sentry_sdk.capture_exception(error)
+
+
+def _capture_later(error: Exception) -> None:
+    """Report `error` once the server has sent the 500, still in this request's scope."""
+    mark_unhandled(error)
+    asyncio.get_running_loop().call_soon(
+        sentry_sdk.capture_exception, error, context=contextvars.copy_context()
+    )
+
+
+def sample_rate(rate: float, parent_sampled: bool | None) -> float:
+    """The one sampling rule, for `init_sentry`'s traces_sampler.
+
+    With tracing off (rate 0), nothing is traced, whatever a caller asks: otherwise any client
+    could switch tracing on by sending a header. Else a caller's decision (the flag of
+    `sentry-trace`) wins, so that a distributed trace is complete, and `rate` decides the rest.
+    """
+    if rate <= 0:
+        return 0.0
+    if parent_sampled is not None:
+        return 1.0 if parent_sampled else 0.0
+    return rate
+
+
+def traces_sampler(
+    rate: float, untraced_paths: frozenset[str]
+) -> Callable[[dict[str, Any]], float]:
+    """`sample_rate` as the SDK's `traces_sampler`; probe paths are never traced."""
+
+    def sample(context: dict[str, Any]) -> float:
+        scope = context.get("asgi_scope") or {}
+        if scope.get("path") in untraced_paths:
+            return 0.0
+        return sample_rate(rate, context.get("parent_sampled"))
+
+    return sample
 
 
 def enable_asyncio_spans_for_traced_requests() -> None:
@@ -177,55 +189,11 @@ def enable_asyncio_spans_for_traced_requests() -> None:
     loop.set_task_factory(create_task)
 
 
-def _capture(error: BaseException) -> None:
-    client = sentry_sdk.get_client()
-    event, hint = event_from_exception(
-        error, client_options=client.options, mechanism={"type": "asgi", "handled": False}
-    )
-    sentry_sdk.capture_event(event, hint=hint)
-
-
-def sample_rate(rate: float, parent_sampled: bool | None) -> float:
-    """The one sampling rule, for this middleware and for `init_sentry`'s traces_sampler.
-
-    With tracing off (rate 0), nothing is traced, whatever a caller asks: otherwise any client
-    could switch tracing on by sending a header. Else a caller's decision (the flag of
-    `sentry-trace`) wins, so that a distributed trace is complete, and `rate` decides the rest.
-    """
-    if rate <= 0:
-        return 0.0
-    if parent_sampled is not None:
-        return 1.0 if parent_sampled else 0.0
-    return rate
-
-
-def _sampling(trace_header: str | None, rate: float) -> tuple[bool, float, float | None]:
-    """(whether to trace the request, the rate that applied, the random draw if one was made)."""
-    parent_sampled = None
-    if trace_header is not None:
-        flag = trace_header.rsplit("-", 2)[1:]
-        if len(flag) == 2 and flag[1] in {"0", "1"}:
-            parent_sampled = flag[1] == "1"
-    chance = sample_rate(rate, parent_sampled)
-    if chance >= 1.0 or chance <= 0.0:
-        return chance >= 1.0, chance, None
-    draw = random.random()  # noqa: S311 - sampling, not security
-    return draw < chance, chance, draw
-
-
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope["headers"]:
         if key == name:
             return str(value.decode("latin-1"))
     return None
-
-
-def _incoming_trace(scope: Scope) -> dict[str, str]:
-    return {
-        key.decode("latin-1"): value.decode("latin-1")
-        for key, value in scope["headers"]
-        if key in {b"sentry-trace", b"baggage", b"traceparent"}
-    }
 
 
 def _route_template(scope: Scope) -> str | None:
@@ -299,11 +267,12 @@ def _request_processor(scope: Scope, body: _BodyCopy | None) -> EventProcessor:
             text = value.decode("latin-1")
             headers[name] = f"{headers[name]}, {text}" if name in headers else text
         request: dict[str, Any] = {
-            "method": scope.get("method"),
             "url": _url(scope, headers.get("host", "")),
             "query_string": scope.get("query_string", b"").decode("latin-1"),
             "headers": headers,
         }
+        if scope.get("method"):
+            request["method"] = scope["method"]
         data = None if body is None else _parse_body(body, headers.get("content-type", ""))
         if data is not None:
             request["data"] = data
@@ -311,7 +280,7 @@ def _request_processor(scope: Scope, body: _BodyCopy | None) -> EventProcessor:
         route = _route_template(scope)
         if route is not None:
             event["transaction"] = route
-            event["transaction_info"] = {"source": TransactionSource.ROUTE}
+            event["transaction_info"] = {"source": "route"}
         return event
 
     return add_request
@@ -321,7 +290,8 @@ def _url(scope: Scope, host: str) -> str:
     if not host:
         server = scope.get("server") or ("localhost", None)
         host = server[0] if server[1] is None else f"{server[0]}:{server[1]}"
-    return f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}{scope['path']}"
+    scheme = scope.get("scheme") or ("ws" if scope["type"] == "websocket" else "http")
+    return f"{scheme}://{host}{scope.get('root_path', '')}{scope['path']}"
 
 
 def _parse_body(body: _BodyCopy, content_type: str) -> Any:

@@ -1,8 +1,9 @@
 """The request path: what each kind of request sends, checked on the serialized envelopes."""
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from fastapi.testclient import TestClient
 from app import sentry
 from app.core.config import Settings
 from app.main import create_app
-from app.sentry_integration.request import MAX_BODY_BYTES, _sampling
+from app.sentry_integration.request import MAX_BODY_BYTES, sample_rate
 from tests.conftest import TokenFactory
 from tests.sentry_integration.conftest import CapturingTransport
 
@@ -110,9 +111,8 @@ def test_a_caller_decides_for_the_trace_but_not_when_tracing_is_off(
     transactions = transport.items("transaction")
     assert len(transactions) == 10, f"{len(transactions)} of 10 asked-for traces were sent"
     assert {t["contexts"]["trace"]["trace_id"] for t in transactions} == {trace_id}
-    assert _sampling(f"{trace_id}-b7ad6b7169203331-1", 0.0) == (False, 0.0, None)
-    assert _sampling(f"{trace_id}-b7ad6b7169203331", 1.0) == (True, 1.0, None)
-    assert _sampling(None, 0.0) == (False, 0.0, None)
+    assert sample_rate(0.0, parent_sampled=True) == 0.0, "tracing off: no caller turns it on"
+    assert sample_rate(0.5, parent_sampled=None) == 0.5
 
 
 def test_a_failed_request_is_one_event_with_its_request(
@@ -158,7 +158,8 @@ def test_each_request_has_its_own_trace_id(client_for: Any, transport: Capturing
         # The SDK's httpx integration sends the test client's own trace along (the server then
         # continues it, as it should): two callers here, as in production, with a trace each.
         with sentry_sdk.isolation_scope() as caller:
-            caller.set_new_propagation_context()
+            sentry_sdk.continue_trace({})
+            assert caller.get_traceparent() is not None
             assert client.post(f"/orders/{n}/fail").status_code == 500
     sentry_sdk.flush(timeout=2)
     trace_ids = {event["contexts"]["trace"]["trace_id"] for event in transport.events}
@@ -216,6 +217,167 @@ def test_envelopes_carry_the_dsn_public_key_for_trace_sampling(
     sentry_sdk.flush(timeout=2)
     headers = [json.loads(payload.split(b"\n", 1)[0]) for payload in transport.payloads]
     contexts = [header["trace"] for header in headers if "trace" in header]
-    assert len(contexts) == 2, f"expected a transaction and an error with a trace: {headers}"
+    assert len(contexts) == 3, f"expected two transactions and an error with a trace: {headers}"
     keys = {context.get("public_key") for context in contexts}
     assert keys == {"public"}, f"the scrubber must leave the DSN's public key for Sentry: {keys}"
+
+
+@pytest.mark.parametrize("registered", ["before", "after"])
+def test_the_teams_own_http_exception_handler_keeps_working(
+    sentry_settings: Settings, transport: CapturingTransport, registered: str
+) -> None:
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    async def own_handler(request: Request, error: Exception) -> JSONResponse:
+        status = getattr(error, "status_code", 500)
+        return JSONResponse({"problem": "ours", "status": status}, status_code=status)
+
+    settings = sentry_settings
+    if registered == "before":  # in create_app, before instrument_app adds the middleware
+        app = FastAPI()
+        app.add_exception_handler(StarletteHTTPException, own_handler)
+        assert sentry.init_sentry(settings, transport=transport)
+        sentry.instrument_app(app, settings)
+    else:
+        app = create_app(settings)
+        assert sentry.init_sentry(settings, transport=transport)
+        app.add_exception_handler(StarletteHTTPException, own_handler)
+
+    @app.get("/down")
+    async def down() -> None:
+        raise HTTPException(status_code=503, detail="maintenance")
+
+    @app.get("/gone")
+    async def gone() -> None:
+        raise HTTPException(status_code=410, detail="gone")
+
+    with TestClient(app) as client:
+        assert client.get("/down").json() == {"problem": "ours", "status": 503}
+        assert client.get("/gone").json() == {"problem": "ours", "status": 410}
+    sentry_sdk.flush(timeout=2)
+    reported = [event["exception"]["values"][-1]["value"] for event in transport.events]
+    assert reported == ["maintenance"], f"5xx reported once, 4xx not at all: {reported}"
+
+
+def test_websocket_connections_have_their_own_scope(
+    sentry_settings: Settings, transport: CapturingTransport
+) -> None:
+    from fastapi import WebSocket
+
+    app = create_app(sentry_settings)
+    assert sentry.init_sentry(sentry_settings, transport=transport)
+
+    @app.websocket("/ws/{tenant}")
+    async def chat(websocket: WebSocket, tenant: str) -> None:
+        await websocket.accept()
+        sentry.set_user_context(f"user-{tenant}", tenant)
+        sentry.add_breadcrumb(f"joined {tenant}")
+        if tenant == "b":
+            raise RuntimeError("chat broke")
+        await websocket.send_text("hi")
+        await websocket.close()
+
+    async def connect(path: str) -> None:
+        scope = {
+            "type": "websocket", "path": path, "raw_path": path.encode(), "query_string": b"",
+            "headers": [(b"host", b"testserver")], "scheme": "ws", "root_path": "",
+            "client": ("127.0.0.1", 5000), "server": ("testserver", 80), "subprotocols": [],
+            "asgi": {"version": "3.0"},
+        }  # fmt: skip
+        inbox = [{"type": "websocket.connect"}]
+
+        async def receive() -> MutableMapping[str, Any]:
+            return inbox.pop(0) if inbox else {"type": "websocket.disconnect", "code": 1000}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            """The client side of the socket takes whatever the app sends."""
+
+        with contextlib.suppress(RuntimeError):  # the failing connection's error escapes
+            await app(scope, receive, send)
+
+    async def both() -> None:  # one after the other, in one context, as one server task would
+        await connect("/ws/a")
+        await connect("/ws/b")
+        sentry.capture_message("after both")
+
+    asyncio.run(both())
+    sentry_sdk.flush(timeout=2)
+    by_message = {
+        event.get("message") or event["exception"]["values"][-1]["value"]: event
+        for event in transport.events
+    }
+    broke = by_message["chat broke"]
+    assert broke["user"]["id"] == "user-b", broke.get("user")
+    crumbs = [crumb["message"] for crumb in broke.get("breadcrumbs", {}).get("values", [])]
+    assert crumbs == ["joined b"], f"another connection's breadcrumbs leaked in: {crumbs}"
+    assert broke["request"]["url"] == "ws://testserver/ws/b", broke["request"]
+    after = by_message["after both"]
+    assert "user" not in after, f"a connection's user stayed behind: {after.get('user')}"
+    assert "tenant_id" not in after.get("tags", {}), after.get("tags")
+
+
+@pytest.mark.parametrize(
+    ("targets", "expected"), [("", False), ("127.0.0.1", True), ("api.example.com", False)]
+)
+def test_trace_headers_go_only_to_listed_hosts(
+    sentry_settings: Settings, transport: CapturingTransport, targets: str, expected: bool
+) -> None:
+    import http.server
+    import threading
+    import urllib.request
+
+    seen: list[dict[str, str]] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(dict(self.headers))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            """Quiet."""
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings = sentry_settings.model_copy(
+        update={"sentry_traces_sample_rate": 1.0, "sentry_trace_propagation_targets": targets}
+    )
+    app = create_app(settings)
+    assert sentry.init_sentry(settings, transport=transport)
+
+    @app.get("/call-out")
+    def call_out() -> dict[str, int]:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return {"status": answer.status}
+
+    try:
+        with TestClient(app) as client:
+            assert client.get("/call-out").json() == {"status": 204}
+    finally:
+        server.shutdown()
+    (headers,) = seen
+    sent = {name.lower() for name in headers} & {"sentry-trace", "baggage"}
+    assert bool(sent) == expected, f"SENTRY_TRACE_PROPAGATION_TARGETS={targets!r}: sent {sent}"
+
+
+def test_the_sample_rate_that_applied_is_in_the_trace_header(
+    sentry_settings: Settings, transport: CapturingTransport
+) -> None:
+    """Sentry scales counts by the trace header's sample rate: it must be the rate that applied."""
+    settings = sentry_settings.model_copy(update={"sentry_traces_sample_rate": 0.25})
+    app = create_app(settings)
+    assert sentry.init_sentry(settings, transport=transport)
+    trace_id = "771a43a4192642f0b136d5159a501700"
+    caller = {  # no sampling decision, only the caller's random draw, which falls under 0.25
+        "sentry-trace": f"{trace_id}-b7ad6b7169203331",
+        "baggage": f"sentry-trace_id={trace_id},sentry-sample_rand=0.125",
+    }
+    with TestClient(app) as client:
+        assert client.get("/api/v1/items", headers=caller).status_code == 401
+    sentry_sdk.flush(timeout=2)
+    (payload,) = transport.payloads
+    header = json.loads(payload.split(b"\n", 1)[0])["trace"]
+    assert (header["sample_rate"], header["sample_rand"]) == ("0.25", "0.125"), header
+    assert header["trace_id"] == trace_id, header

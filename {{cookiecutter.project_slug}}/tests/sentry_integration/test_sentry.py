@@ -12,6 +12,7 @@ from app import sentry
 from app.api.deps import CurrentUserDep
 from app.core.config import ConfigurationError, Settings, load_settings
 from app.main import create_app
+from app.sentry_integration.request import traces_sampler
 from tests.conftest import TokenFactory
 from tests.sentry_integration.conftest import CapturingTransport
 
@@ -178,7 +179,7 @@ def test_missing_sdk_keeps_reporting_off(
     monkeypatch.setattr(sentry, "sentry_sdk", None)
     caplog.set_level(logging.INFO, logger="app.sentry")
     assert not sentry.init_sentry(sentry_settings)
-    assert "sentry-sdk package is missing" in caplog.text
+    assert "sentry-sdk package is not installed" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -206,7 +207,7 @@ def test_sentry_environment_defaults_to_environment(monkeypatch: pytest.MonkeyPa
 
 
 def test_health_checks_are_never_traced(sentry_settings: Settings) -> None:
-    sample = sentry._traces_sampler(1.0)
+    sample = traces_sampler(1.0, sentry.UNTRACED_PATHS)
     assert sample({"asgi_scope": {"path": "/health"}}) == 0.0
     assert sample({"asgi_scope": {"path": "/api/v1/items"}}) == 1.0
     assert sample({"asgi_scope": {"path": "/x"}, "parent_sampled": False}) == 0.0
