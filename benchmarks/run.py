@@ -357,8 +357,9 @@ import asyncio, json, sys, time
 import sentry_sdk
 from pydantic import SecretStr
 from sentry_sdk.transport import Transport
-import app.sentry_privacy as privacy
+import app.sentry_integration.privacy as privacy
 from app import sentry
+from app.sentry_integration import events
 from app.core.config import Settings
 from app.main import create_app
 
@@ -371,7 +372,7 @@ original = privacy.scrub_event
 def keep(event):
     seen.append(json.loads(json.dumps(event, default=str)))
     return original(event)
-sentry.scrub_event = keep
+events.scrub_event = keep
 dsn = "http://k@127.0.0.1:9/1" if sys.argv[2] == "on" else ""
 settings = Settings(environment="test", database_url="sqlite://", sentry_dsn=SecretStr(dsn),
                     sentry_flood_max_events=0)  # every one of the 200 errors is an event
