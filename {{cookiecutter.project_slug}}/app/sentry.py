@@ -93,6 +93,9 @@ def init_sentry(settings: Settings, *, transport: "Transport | None" = None) -> 
             error,
         )
         return False
+    from app.sentry_integration.events import attach_log_handlers
+
+    attach_log_handlers(event_level=logging.ERROR, breadcrumb_level=logging.INFO)
     _use_spool(settings)
     _quiet_sdk_debug_logging()
     _state.update(on=True, tracing=settings.sentry_traces_sample_rate > 0)
@@ -147,7 +150,8 @@ def _options(settings: Settings, dsn: str, transport: "Transport | None") -> dic
         "trace_propagation_targets": propagation_targets(settings.sentry_trace_propagation_targets),
         "profile_session_sample_rate": settings.sentry_profiles_sample_rate,
         "profile_lifecycle": "trace",
-        "integrations": [LoggingIntegration(level=logging.INFO, event_level=logging.ERROR)],
+        # Its handlers are attached by `attach_log_handlers` instead, with a filter.
+        "integrations": [LoggingIntegration(level=None, event_level=None)],
         # Their per-request work is done by app/sentry_integration/request.py, at a fraction of
         # the cost. Argv would attach the command line (which may hold secrets) to every event.
         "disabled_integrations": [StarletteIntegration, FastApiIntegration, ArgvIntegration],

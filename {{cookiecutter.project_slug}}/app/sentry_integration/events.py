@@ -2,8 +2,9 @@
 
 Every error event passes `EventHooks.before_send`, in this order:
 
-1. a log record about an exception the request path has already reported is dropped (uvicorn logs
-   each exception that escapes the app; the middleware reported it already);
+1. (before it is even built) a log record about an exception the request path has already
+   reported is not turned into an event or a breadcrumb: uvicorn logs each exception that escapes
+   the app, which the middleware reported already (`attach_log_handlers`);
 2. client errors are dropped: FastAPI's `HTTPException` with a 4xx status and request validation
    errors. Any other exception is a failure of this service, whatever attributes it carries;
 3. flood control (`flood.py`): at most N events per issue per window;
@@ -95,17 +96,12 @@ class EventHooks:
         return scrubbed
 
     def before_breadcrumb(self, crumb: dict[str, Any], hint: "Hint") -> dict[str, Any] | None:
-        record = (hint or {}).get("log_record")
-        if record is not None and record.exc_info and was_reported(record.exc_info[1]):
-            return None  # says nothing the event does not
         scrubbed: dict[str, Any] | None = self._scrubbed("breadcrumb", scrub_breadcrumb, crumb)
         return scrubbed
 
     def _filter_and_enrich(self, event: "Event", hint: "Hint") -> "Event | None":
         exc_info = hint.get("exc_info")
         error = exc_info[1] if exc_info else None
-        if "log_record" in hint and was_reported(error):
-            return None
         if is_client_error(error):
             return None
         dropped = self.flood.admit(issue_key(event, error))
@@ -150,3 +146,33 @@ class EventHooks:
             error,
             what,
         )
+
+
+class _SkipReportedExceptions(logging.Filter):
+    """Keeps a log record about an exception that was already reported out of Sentry.
+
+    Filtered here, the record costs nothing: no second event built only to be dropped (and
+    counted as a loss in Sentry's stats), no breadcrumb that says what the event says.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and was_reported(record.exc_info[1]))
+
+
+def attach_log_handlers(event_level: int, breadcrumb_level: int) -> None:
+    """Turn log records into events and breadcrumbs through the SDK's own logging handlers.
+
+    `init_sentry` switches the logging integration's built-in handlers off and attaches the SDK's
+    documented `EventHandler` and `BreadcrumbHandler` to the root logger here instead, so that
+    they can carry a filter. Every record reaches them: app/core/logging.py sends the server's
+    loggers through the root logger too. Attaching twice replaces the earlier pair.
+    """
+    from sentry_sdk.integrations.logging import BreadcrumbHandler, EventHandler
+
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, EventHandler | BreadcrumbHandler)]:
+        root.removeHandler(old)
+    # Events first: a record that becomes an event is not also a breadcrumb on that event.
+    for handler in (EventHandler(level=event_level), BreadcrumbHandler(level=breadcrumb_level)):
+        handler.addFilter(_SkipReportedExceptions())
+        root.addHandler(handler)
