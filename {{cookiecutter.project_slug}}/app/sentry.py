@@ -6,8 +6,9 @@ False, and every helper becomes a cheap no-op. When the Sentry server is down, s
 events, the service keeps serving and says so once in its log. Error tracking must never be the
 reason the service does not start or a request fails.
 
-The parts behind this module live in `app/sentry_integration/`. Why each option is set the way it
-is: docs/adr/0003-error-tracking-with-sentry.md. Check a configuration: `python -m app.sentry check`.
+The parts behind this module live in `app/sentry_integration/`. Why each option is set the way
+it is: docs/adr/0003-error-tracking-with-sentry.md. Check a configuration:
+`python -m app.sentry check`.
 """
 
 import asyncio

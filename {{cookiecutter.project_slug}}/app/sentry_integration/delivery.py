@@ -1,57 +1,67 @@
-"""Delivery of Sentry envelopes: one kept-alive HTTP connection, written to by a background thread.
+"""Delivery of Sentry envelopes: urllib3 over one kept-alive connection, from a background thread.
 
-The SDK's own HTTP transport spent several hundred microseconds of CPU per envelope on the
-template's benchmark machine (urllib3's pool and response objects, gzip at level 9, and the SDK's
-instrumentation of http.client, which it then has to skip for its own requests): in a service that
-traces one request in ten, a large part of what tracing cost (docs/adr/0003). This transport writes
-each envelope to one kept-alive connection and reads the answer with a small parser, for a fraction
-of that. What it keeps from the SDK's transport:
+Built on sentry-sdk's public `Transport` base class and on urllib3 (which the SDK depends on), for
+what the SDK's own transport does not do (docs/adr/0003):
+
+- a send may take `SEND_TIMEOUT_SECONDS`, not the SDK's 30; after a failed send the transport
+  backs off (`BACKOFF_SECONDS` doubling up to `MAX_BACKOFF_SECONDS`) rather than try every envelope
+  against a server that is down; the service's log says once that Sentry is not accepting events,
+  and why (a TLS certificate it cannot verify is named as such), and once that it accepts them
+  again (the SDK itself is silent unless `debug` is on);
+- with a spool (`use_spool`, spool.py), error events that cannot be delivered (no connection,
+  timeout, 5xx, 429 or a rate limit on their category) are kept on disk and sent in order once
+  Sentry answers again, before any newer one. Transactions are not kept: in an outage they would
+  fill the spool and push the errors out; they are dropped, as without a spool.
+
+What it keeps from the SDK's transport, through documented options only:
 
 - nothing is sent on the request path: `capture_envelope` only queues, up to the
   `transport_queue_size` option; beyond that envelopes are dropped and counted;
 - rate limits are honoured: `X-Sentry-Rate-Limits` per data category, `Retry-After` on 429;
-- TLS with the `ca_certs` option or certifi's bundle, client certificates (`cert_file`,
-  `key_file`), HTTP proxies from the options or the environment (`https_proxy`, `http_proxy`,
-  `no_proxy`); for a SOCKS proxy, `transport_class` picks the SDK's own transport instead.
+- TLS is always verified: against the `ca_certs` option (SENTRY_CA_CERTS) if set, else
+  `SSL_CERT_FILE` or `REQUESTS_CA_BUNDLE` if set, else certifi's bundle, else the system's;
+  client certificates from `cert_file`/`key_file`;
+- proxies: the `https_proxy`/`http_proxy` options, else the environment's (`HTTPS_PROXY`,
+  `HTTP_PROXY`) unless `NO_PROXY` names the DSN's host; an option set to "" turns the proxy off.
+  HTTP(S) proxies tunnel with CONNECT. A SOCKS proxy needs PySocks (urllib3's `socks` extra):
+  without it, the transport says so once in the log and connects directly, as the SDK does;
+- lost events are counted and reported to Sentry as client reports, as the SDK's transport does
+  (`record_lost_event`; the `send_client_reports` option turns that off): attached to the next
+  envelope, or sent on their own, at most every `CLIENT_REPORT_INTERVAL_SECONDS` and at a flush;
+  never while Sentry cannot be reached or limits client reports: they are counted until then.
 
-What it adds: a send may take `SEND_TIMEOUT_SECONDS`, not the SDK's 30; after a failed send it
-backs off (`BACKOFF_SECONDS` doubling up to `MAX_BACKOFF_SECONDS`) rather than try every envelope
-against a server that is down; and the service's log says once that Sentry is not accepting events
-and once that it accepts them again (the SDK itself is silent unless `debug` is on).
-
-With a spool (`use_spool`, app/sentry_spool.py), error events that cannot be delivered (no
-connection, timeout, 5xx, 429 or a rate limit on their category) are kept on disk and sent in order
-once Sentry answers again, before any newer one. Transactions are not kept: in an outage they
-would fill the spool and push the errors out; they are dropped, as without a spool.
+Only sentry-sdk's documented public API is used: `sentry_sdk.VERSION`, the `Transport` base class
+and `Envelope`/`Item`/`PayloadRef`. The DSN is parsed here, from its documented format.
 """
 
 import contextlib
 import gzip
 import logging
 import os
-import select
 import socket
 import ssl
 import threading
 import time
 import urllib.request
-from base64 import b64encode
-from collections import deque
-from collections.abc import Callable
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from sentry_sdk.consts import VERSION, EndpointType
-from sentry_sdk.envelope import Envelope
-from sentry_sdk.transport import HttpTransport, Transport
-from sentry_sdk.utils import Dsn
+import urllib3
+from sentry_sdk import VERSION
+from sentry_sdk.envelope import Envelope, Item, PayloadRef
+from sentry_sdk.transport import Transport
+from urllib3.util.ssl_ import create_urllib3_context  # urllib3.util's in 2.x, not in 1.26
 
 from app.sentry_integration.spool import Spool, Spooled
 
 logger = logging.getLogger("app.sentry")
 
-#: How long connecting, sending an envelope or waiting for the answer may take.
+#: Who is sending, in the `X-Sentry-Auth` and `User-Agent` headers.
+CLIENT_NAME = f"sentry.python/{VERSION}"
+#: How long connecting, sending an envelope and reading the answer may take together.
 SEND_TIMEOUT_SECONDS = 5.0
 #: After a failed send, envelopes are dropped for this long, doubling with each further failure.
 BACKOFF_SECONDS = 1.0
@@ -62,14 +72,24 @@ DEFAULT_RETRY_AFTER_SECONDS = 60.0
 COMPRESS_FROM_BYTES = 4096
 #: Dropped envelopes because the queue is full are logged at most this often.
 QUEUE_FULL_LOG_INTERVAL_SECONDS = 60.0
-#: An answer's head larger than this is not from a Sentry server.
-MAX_HEAD_BYTES = 65536
 #: Data categories kept in the spool when they cannot be delivered (see the module's docstring).
 SPOOLED_CATEGORIES = frozenset({"error", "default", "security", "attachment", "monitor"})
 #: How often an idle process looks for envelopes spooled by others (or by its previous run).
 SPOOL_SCAN_SECONDS = 5.0
 #: Spooled envelopes sent in a row before the queue is looked at again.
 SPOOL_BATCH = 50
+#: Client reports (counts of lost events) are sent at most this often, and at a flush.
+CLIENT_REPORT_INTERVAL_SECONDS = 30.0
+
+# What became of a send (`_post`).
+SENT = "sent"
+RETRY = "retry"  # no answer, or 5xx: worth sending again later
+RATE_LIMITED = "rate_limited"  # 429: worth sending again once the limit is over
+REFUSED = "refused"  # another 3xx/4xx: sending it again would be refused again
+TOO_LARGE = "too_large"  # 413
+#: How an envelope lost after a send is reported (as the SDK's transport reports it); a 429 is
+#: counted by Sentry itself.
+LOSS_REASONS = {RETRY: "network_error", REFUSED: "network_error", TOO_LARGE: "send_error"}
 
 
 class SendError(Exception):
@@ -83,222 +103,294 @@ class Answer:
     status: int
     rate_limits: str | None = None
     retry_after: str | None = None
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
-class Target:
-    """Where envelopes go: the DSN's server, directly or through an HTTP proxy."""
+class Endpoint:
+    """A DSN, `{scheme}://{public_key}[:{secret_key}]@{host}[:{port}]/{path}{project_id}`."""
 
     scheme: str
     host: str
     port: int
-    path: str
-    proxy: tuple[str, int] | None = None
-    proxy_authorization: str | None = None
-    proxy_headers: tuple[tuple[str, str], ...] = ()
+    path: str  # "/" or "/some/prefix/"
+    public_key: str
+    project_id: str
+    secret_key: str | None = None
 
     @property
-    def tls(self) -> bool:
-        return self.scheme == "https"
+    def origin(self) -> str:
+        """`scheme://host[:port]`, for messages (no key)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return f"{self.scheme}://{host}" + ("" if self.port == default else f":{self.port}")
+
+    @property
+    def envelope_url(self) -> str:
+        return f"{self.origin}{self.path}api/{self.project_id}/envelope/"
+
+    def auth_header(self, client: str = CLIENT_NAME) -> str:
+        """The `X-Sentry-Auth` header."""
+        fields = f"sentry_key={self.public_key}, sentry_version=7, sentry_client={client}"
+        if self.secret_key:
+            fields += f", sentry_secret={self.secret_key}"
+        return f"Sentry {fields}"
 
 
-def _proxy_url(options: dict[str, Any], scheme: str, host: str) -> str | None:
+def parse_dsn(dsn: str) -> Endpoint:
+    """The `Endpoint` of a DSN; ValueError, saying what is wrong, if it is not one."""
+    parts = urlsplit(dsn.strip())
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"the scheme must be http or https, not {parts.scheme!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("the port is not a number from 0 to 65535") from None
+    if not parts.hostname:
+        raise ValueError("it has no host")
+    if not parts.username:
+        raise ValueError("it has no public key (the part before '@')")
+    prefix, _, project = parts.path.rpartition("/")
+    if not (project.isascii() and project.isdigit()):
+        raise ValueError("it does not end with a project id (a number)")
+    return Endpoint(
+        scheme=parts.scheme,
+        host=parts.hostname,
+        port=port or (443 if parts.scheme == "https" else 80),
+        path=prefix + "/",
+        public_key=parts.username,
+        project_id=str(int(project)),
+        secret_key=parts.password or None,
+    )
+
+
+def proxy_url(options: Mapping[str, Any], endpoint: Endpoint) -> str | None:
     """The proxy for the DSN's server, as the SDK resolves it: the `https_proxy` option for https
-    DSNs, then `http_proxy`, then the environment's proxies unless `no_proxy` matches the host.
+    DSNs, then `http_proxy`, then the environment's proxies unless `NO_PROXY` matches the host.
     An option set to "" turns the proxy off."""
     environment = urllib.request.getproxies()
-    bypass = bool(urllib.request.proxy_bypass_environment(host, environment))  # type: ignore[attr-defined]
+    bypass = bool(urllib.request.proxy_bypass(f"{endpoint.host}:{endpoint.port}"))
     proxy = None
-    if scheme == "https" and options.get("https_proxy") != "":
+    if endpoint.scheme == "https" and options.get("https_proxy") != "":
         proxy = options.get("https_proxy") or (None if bypass else environment.get("https"))
     if not proxy and options.get("http_proxy") != "":
         proxy = options.get("http_proxy") or (None if bypass else environment.get("http"))
-    return proxy or None
-
-
-def target_for(options: dict[str, Any], parsed_dsn: Any) -> Target | None:
-    """The `Target` for these SDK options, or None if a proxy this transport cannot use is set."""
-    url = urlsplit(parsed_dsn.to_auth().get_api_url(EndpointType.ENVELOPE))
-    scheme, host = url.scheme, url.hostname or ""
-    port = url.port or (443 if scheme == "https" else 80)
-    proxy = _proxy_url(options, scheme, host)
-    if proxy is None:
-        return Target(scheme, host, port, url.path)
-    parsed = urlsplit(proxy if "://" in proxy else "http://" + proxy)
-    if parsed.scheme != "http" or not parsed.hostname:
+    if not proxy:
         return None
-    authorization = None
-    if parsed.username is not None:
-        credentials = f"{unquote(parsed.username)}:{unquote(parsed.password or '')}"
-        authorization = "Basic " + b64encode(credentials.encode()).decode("ascii")
-    headers = tuple((options.get("proxy_headers") or {}).items())
-    return Target(
-        scheme, host, port, url.path, (parsed.hostname, parsed.port or 80), authorization, headers
-    )
+    return proxy if "://" in proxy else f"http://{proxy}"
 
 
-def _tls_context(options: dict[str, Any]) -> ssl.SSLContext:
-    import certifi
-
-    context = ssl.create_default_context(
-        cafile=options.get("ca_certs")
+def ca_bundle(options: Mapping[str, Any]) -> str | None:
+    """The CA bundle that server certificates are verified against; None: the system's."""
+    configured = (
+        options.get("ca_certs")
         or os.environ.get("SSL_CERT_FILE")
         or os.environ.get("REQUESTS_CA_BUNDLE")
-        or certifi.where()
     )
+    if configured:
+        return str(configured)
+    try:
+        import certifi
+    except ImportError:  # pragma: no cover - sentry-sdk depends on certifi
+        return None
+    return str(certifi.where())
+
+
+def tls_context(options: Mapping[str, Any]) -> ssl.SSLContext:
+    """Verification on, against `ca_bundle(options)`; a client certificate if one is configured.
+
+    Raises ValueError, naming the file, if the CA bundle or the certificate cannot be loaded.
+    """
+    bundle = ca_bundle(options)
+    # urllib3's own context: it checks host names itself where its version needs to (1.26).
+    context = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
+    try:
+        if bundle is None:
+            context.load_default_certs()
+        else:
+            context.load_verify_locations(cafile=bundle)
+    except (OSError, ssl.SSLError) as error:
+        raise ValueError(
+            f"the CA bundle {bundle} (SENTRY_CA_CERTS) cannot be used: {error}"
+        ) from None
     cert_file = options.get("cert_file") or os.environ.get("CLIENT_CERT_FILE")
     if cert_file:
-        context.load_cert_chain(
-            cert_file, options.get("key_file") or os.environ.get("CLIENT_KEY_FILE")
-        )
+        key_file = options.get("key_file") or os.environ.get("CLIENT_KEY_FILE")
+        try:
+            context.load_cert_chain(cert_file, key_file)
+        except (OSError, ssl.SSLError) as error:
+            raise ValueError(
+                f"the client certificate {cert_file} cannot be used: {error}"
+            ) from None
     return context
 
 
-class Connection:
-    """One HTTP/1.1 connection to `target`, opened on first use and reopened when it was closed."""
+def _socket_options(options: Mapping[str, Any]) -> list[tuple[int, int, int]]:
+    """urllib3's (TCP_NODELAY) or the `socket_options` option; TCP keep-alive with `keep_alive`."""
+    chosen = list(
+        options.get("socket_options") or urllib3.connection.HTTPConnection.default_socket_options
+    )
+    if options.get("keep_alive"):
+        for name, value in (("TCP_KEEPIDLE", 45), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 6)):
+            if hasattr(socket, name):
+                chosen.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+        chosen.append((socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1))
+    return chosen
 
-    def __init__(self, target: Target, tls_context: Callable[[], ssl.SSLContext]) -> None:
-        self.target = target
-        self._tls_context = tls_context
-        self._socket: socket.socket | None = None
-        self._buffer = b""
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+class HttpClient:
+    """POSTs to the DSN's envelope endpoint, directly or through the configured proxy.
+
+    One urllib3 pool holding one kept-alive connection; certificate verification always on;
+    no retries, no redirects; every send bounded by `timeout` seconds.
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        options: Mapping[str, Any],
+        *,
+        timeout: float = SEND_TIMEOUT_SECONDS,
+    ) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        proxy = proxy_url(options, endpoint)
+        self.proxy = None if proxy is None else _redacted(proxy)
+        self._timeout = urllib3.Timeout(total=timeout)
+        settings: dict[str, Any] = {
+            "num_pools": 1,
+            "maxsize": 1,
+            "retries": False,
+            "timeout": self._timeout,
+            "socket_options": _socket_options(options),
+        }
+        if endpoint.scheme == "https":
+            settings["ssl_context"] = tls_context(options)
+        self._pool = self._pool_manager(proxy, options, settings)
+
+    def _pool_manager(
+        self, proxy: str | None, options: Mapping[str, Any], settings: dict[str, Any]
+    ) -> urllib3.PoolManager:
+        if proxy is None:
+            return urllib3.PoolManager(**settings)
+        scheme = urlsplit(proxy).scheme
+        headers = dict(options.get("proxy_headers") or {})
+        if scheme.startswith("socks"):
+            try:
+                from urllib3.contrib.socks import SOCKSProxyManager
+            except ImportError:
+                logger.warning(
+                    "Sentry: the SOCKS proxy %s is not used: PySocks is not installed "
+                    "(pip install PySocks); events go directly to %s.",
+                    self.proxy,
+                    self.endpoint.origin,
+                )
+                self.proxy = None
+                return urllib3.PoolManager(**settings)
+            return SOCKSProxyManager(proxy, headers=headers or None, **settings)
+        if scheme not in ("http", "https"):
+            logger.warning(
+                "Sentry: the proxy %s is not used: only http, https and socks proxies are; "
+                "events go directly to %s.",
+                self.proxy,
+                self.endpoint.origin,
+            )
+            self.proxy = None
+            return urllib3.PoolManager(**settings)
+        parts = urlsplit(proxy)
+        if parts.username is not None:
+            credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            headers.update(urllib3.util.make_headers(proxy_basic_auth=credentials))
+        return urllib3.ProxyManager(_redacted(proxy), proxy_headers=headers or None, **settings)
+
+    def post(self, body: bytes, headers: Mapping[str, str]) -> Answer:
+        """Send one envelope; SendError (its message fit for the log) if no answer came."""
+        try:
+            response = self._pool.request(
+                "POST",
+                self.endpoint.envelope_url,
+                body=body,
+                headers=dict(headers),
+                retries=False,
+                redirect=False,
+                timeout=self._timeout,
+            )
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            raise SendError(describe_error(error, self)) from error
+        return Answer(
+            response.status,
+            response.headers.get("X-Sentry-Rate-Limits"),
+            response.headers.get("Retry-After"),
+            response.reason or "",
+        )
 
     def close(self) -> None:
-        if self._socket is not None:
-            with contextlib.suppress(OSError):
-                self._socket.close()
-        self._socket, self._buffer = None, b""
-
-    def post(self, head: bytes, body: bytes) -> Answer:
-        """Send one request (`head` ends with the blank line) and read its answer."""
-        if self._closed_by_server():
-            self.close()
-        if self._socket is None:
-            self._socket = self._open()
-        try:
-            self._socket.sendall(head + body)
-            answer, keep_alive = self._read_answer()
-        except (OSError, ValueError) as error:
-            self.close()
-            raise SendError(f"{type(error).__name__}: {error}") from None
-        if not keep_alive:
-            self.close()
-        return answer
-
-    def _closed_by_server(self) -> bool:
-        """Whether the kept-alive connection has been closed (or written to) by the server.
-
-        Checked before each send, so that an envelope is never written to a connection the server
-        has already given up on (a retry after such a write could deliver it twice).
-        """
-        connection = self._socket
-        if connection is None:
-            return False
-        if isinstance(connection, ssl.SSLSocket) and connection.pending():
-            return True
-        readable, _, _ = select.select([connection], [], [], 0)
-        return bool(readable)
-
-    def _open(self) -> socket.socket:
-        target = self.target
-        address = target.proxy or (target.host, target.port)
-        try:
-            raw = socket.create_connection(address, timeout=SEND_TIMEOUT_SECONDS)
-        except OSError as error:
-            raise SendError(f"cannot connect to {address[0]}:{address[1]} ({error})") from None
-        try:
-            with contextlib.suppress(OSError):  # not every socket is TCP (tests use pairs)
-                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if target.proxy is not None and target.tls:
-                self._tunnel(raw)
-            if target.tls:
-                return self._tls_context().wrap_socket(raw, server_hostname=target.host)
-        except (OSError, ValueError) as error:
-            raw.close()
-            raise SendError(f"cannot open a connection to {target.host} ({error})") from None
-        return raw
-
-    def _tunnel(self, raw: socket.socket) -> None:
-        """Ask the HTTP proxy for a tunnel to the server (CONNECT), for TLS through it."""
-        target = self.target
-        lines = [f"CONNECT {target.host}:{target.port} HTTP/1.1", f"Host: {target.host}"]
-        if target.proxy_authorization:
-            lines.append(f"Proxy-Authorization: {target.proxy_authorization}")
-        lines += [f"{name}: {value}" for name, value in target.proxy_headers]
-        raw.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        self._socket = raw
-        try:
-            head = self._read_head()
-        finally:
-            self._socket, self._buffer = None, b""
-        status = _status(head)
-        if status != 200:
-            raise ValueError(f"the proxy answered {status} to CONNECT")
-
-    def _receive(self) -> bytes:
-        if self._socket is None:
-            raise ConnectionError("not connected")
-        chunk = self._socket.recv(65536)
-        if not chunk:
-            raise ConnectionError("the server closed the connection")
-        return chunk
-
-    def _read_head(self) -> bytes:
-        while b"\r\n\r\n" not in self._buffer:
-            if len(self._buffer) > MAX_HEAD_BYTES:
-                raise ValueError("the answer's head is too large")
-            self._buffer += self._receive()
-        head, _, self._buffer = self._buffer.partition(b"\r\n\r\n")
-        return head
-
-    def _read_answer(self) -> tuple[Answer, bool]:
-        head = self._read_head()
-        lines = head.split(b"\r\n")
-        status = _status(head)
-        headers: dict[bytes, bytes] = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            headers[name.strip().lower()] = value.strip()
-        keep_alive = lines[0].startswith(b"HTTP/1.1") and headers.get(b"connection") != b"close"
-        if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
-            self._skip_chunks()
-        elif b"content-length" in headers:
-            self._skip(int(headers[b"content-length"]))
-        elif status not in (204, 304):
-            keep_alive = False  # the body ends when the server closes the connection
-            self._buffer = b""
-        answer = Answer(
-            status,
-            _text(headers.get(b"x-sentry-rate-limits")),
-            _text(headers.get(b"retry-after")),
-        )
-        return answer, keep_alive
-
-    def _skip(self, length: int) -> None:
-        while len(self._buffer) < length:
-            self._buffer += self._receive()
-        self._buffer = self._buffer[length:]
-
-    def _skip_chunks(self) -> None:
-        while True:
-            while b"\r\n" not in self._buffer:
-                self._buffer += self._receive()
-            size_line, _, self._buffer = self._buffer.partition(b"\r\n")
-            size = int(size_line.split(b";")[0], 16)
-            self._skip(size + 2)  # the chunk and its CRLF
-            if size == 0:
-                return
+        self._pool.clear()
 
 
-def _status(head: bytes) -> int:
-    parts = head.split(b"\r\n", 1)[0].split(b" ", 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
-        raise ValueError("not an HTTP answer")
-    return int(parts[1])
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """`error` and every exception it wraps (causes, contexts, arguments, `reason`)."""
+    pending, seen = [error], set()
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        wrapped = [current.__cause__, current.__context__, getattr(current, "reason", None)]
+        wrapped += list(current.args)
+        pending += [item for item in wrapped if isinstance(item, BaseException)]
 
 
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode("latin-1")
+def describe_error(error: BaseException, client: HttpClient) -> str:
+    """Why a send failed, in words for the service's log."""
+    origin = client.endpoint.origin
+    causes = list(_causes(error))
+    for cause in causes:
+        # urllib3 1.26 checks host names itself, and raises its own CertificateError.
+        if isinstance(cause, ssl.SSLCertVerificationError) or (
+            type(cause).__name__ == "CertificateError"
+        ):
+            problem = getattr(cause, "verify_message", None) or str(cause)
+            if "match" in problem.lower():
+                advice = f"the certificate is not for {client.endpoint.host}"
+            elif "expired" in problem or "not yet valid" in problem:
+                advice = "the server needs a certificate valid now"
+            else:
+                advice = "set SENTRY_CA_CERTS to the CA bundle that signed it"
+            return f"TLS certificate verify failed for {origin}: {problem}; {advice}"
+    detail = _innermost(causes)
+    timed_out = any(isinstance(c, TimeoutError) for c in causes)  # socket.timeout is one
+    if isinstance(error, urllib3.exceptions.ProxyError):
+        return f"the proxy {client.proxy} failed: {detail}"
+    if any(isinstance(c, socket.gaierror) for c in causes):
+        return f"cannot resolve the host of {origin}: {detail}"
+    # Before the timeouts: urllib3's NewConnectionError is a ConnectTimeoutError too.
+    if isinstance(error, urllib3.exceptions.NewConnectionError) and not timed_out:
+        return f"cannot connect to {origin}: {detail}"
+    if timed_out or isinstance(error, urllib3.exceptions.TimeoutError):
+        return f"no answer from {origin} within {client.timeout:g} s"
+    if isinstance(error, urllib3.exceptions.SSLError):
+        return f"TLS failed with {origin}: {detail}"
+    if isinstance(error, urllib3.exceptions.ProtocolError):
+        return f"the connection to {origin} broke: {detail}"
+    return f"{type(error).__name__}: {error}"
+
+
+def _innermost(causes: list[BaseException]) -> str:
+    """The most specific message among `causes`: an OSError's strerror if there is one."""
+    for cause in reversed(causes):
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror
+    last = causes[-1]
+    return str(last) or type(last).__name__
 
 
 def parse_rate_limits(header: str, now: float) -> dict[str | None, float]:
@@ -325,17 +417,23 @@ def retry_after_seconds(value: str | None) -> float:
 
 
 class SentryTransport(Transport):
-    """See the module's docstring. One instance per process that sends to Sentry."""
+    """See the module's docstring. One instance per process that sends to Sentry.
+
+    Raises ValueError if the DSN is not one, or if the CA bundle or client certificate cannot be
+    loaded (`sentry_sdk.init` passes that on).
+    """
 
     def __init__(self, options: dict[str, Any]) -> None:
         super().__init__(options)
-        target = None if self.parsed_dsn is None else target_for(options, self.parsed_dsn)
-        if self.parsed_dsn is None or target is None:
-            raise ValueError("SentryTransport needs a DSN and no proxy but an HTTP one")
-        auth = self.parsed_dsn.to_auth(f"sentry.python/{VERSION}")
-        self._head = self._request_head(target, auth.to_header())
-        self._connection = Connection(target, lambda: _tls_context(options))
+        self.endpoint = parse_dsn(str(options.get("dsn") or ""))
+        self._http = HttpClient(self.endpoint, options)
+        self._headers = {
+            "User-Agent": CLIENT_NAME,
+            "X-Sentry-Auth": self.endpoint.auth_header(),
+            "Content-Type": "application/x-sentry-envelope",
+        }
         self._capacity = max(1, int(options.get("transport_queue_size") or 100))
+        self._reports_on = options.get("send_client_reports", True) is not False
         self._queue: deque[Envelope] = deque()
         self._condition = threading.Condition()
         self._busy = False
@@ -345,45 +443,38 @@ class SentryTransport(Transport):
         self._limits: dict[str | None, float] = {}
         self._retry_at = 0.0
         self._backoff = BACKOFF_SECONDS
-        self._failing = False
+        self._failing = False  # said so in the log; until an envelope is accepted again
+        self._unreachable = False  # no answer or 5xx: client reports wait for an accepted one
         self._dropped_full = 0
         self._full_logged_at = -QUEUE_FULL_LOG_INTERVAL_SECONDS
         self._spool: Spool | None = None
         self._backlog = False  # the spool holds envelopes to send before any new one
         self._next_scan = 0.0
         self._resume_at = 0.0  # a rate limit holds the oldest spooled envelope until then
+        self._lost: defaultdict[tuple[str, str], int] = defaultdict(int)  # (category, reason)
+        self._last_report = time.monotonic()
+        self._report_now = False  # a flush asked for the client report
 
     def use_spool(self, spool: Spool) -> bool:
-        """Keep undeliverable error events in `spool`; returns False if its directory is unusable.
+        """Keep undeliverable error events in `spool`; returns False if its directory is unusable
+        or unsafe (the spool logs why). Says in the log where the spool is.
 
         If the spool holds envelopes from an earlier run, sending them starts now.
         """
+        spool.on_drop = self._spool_dropped
         if not spool.prepare():
             return False
+        logger.info(
+            "Sentry spool: undeliverable error events wait in %s; in a container, put it on a "
+            "persistent volume (SENTRY_SPOOL_DIR).",
+            spool.directory,
+        )
         with self._condition:
             self._spool = spool
             self._backlog = bool(spool.pending())
             if self._backlog and self._pid != os.getpid():
                 self._start()
         return True
-
-    @staticmethod
-    def _request_head(target: Target, auth_header: str) -> str:
-        path = target.path
-        if target.proxy is not None and not target.tls:  # a plain proxy takes the whole URL
-            path = f"http://{target.host}:{target.port}{path}"
-        lines = [
-            f"POST {path} HTTP/1.1",
-            f"Host: {target.host}" + ("" if target.port in (80, 443) else f":{target.port}"),
-            f"User-Agent: sentry.python/{VERSION}",
-            f"X-Sentry-Auth: {auth_header}",
-            "Content-Type: application/x-sentry-envelope",
-        ]
-        if target.proxy is not None and not target.tls:
-            if target.proxy_authorization:
-                lines.append(f"Proxy-Authorization: {target.proxy_authorization}")
-            lines += [f"{name}: {value}" for name, value in target.proxy_headers]
-        return "\r\n".join(lines) + "\r\n"
 
     # ---- the request path: queue only ------------------------------------------------------
 
@@ -394,14 +485,86 @@ class SentryTransport(Transport):
             if len(self._queue) >= self._capacity:
                 self._dropped_full += 1
                 self._log_full_queue()
-                return
-            self._queue.append(envelope)
-            self._condition.notify()
+                full = True
+            else:
+                self._queue.append(envelope)
+                self._condition.notify()
+                full = False
+        if full:
+            self._record_envelope("queue_overflow", envelope)
+
+    def record_lost_event(
+        self,
+        reason: str,
+        data_category: str | None = None,
+        item: Item | None = None,
+        *,
+        quantity: int = 1,
+    ) -> None:
+        """Count a lost event for the next client report (the SDK's client calls this too, e.g.
+        with "before_send", "event_processor" or "sample_rate").
+
+        With `item`, its data category and quantity are used, as the SDK's transport does:
+        a transaction also counts its spans, an attachment its bytes, a batch its items.
+        """
+        if not self._reports_on:
+            return
+        if item is None:
+            if data_category is None:
+                raise TypeError("data category not provided")
+            self._count(data_category, reason, quantity)
+            return
+        category = item.data_category
+        quantity = 1
+        if category == "transaction":
+            event = item.get_transaction_event() or {}
+            self._count("span", reason, len(event.get("spans") or []) + 1)
+        elif category in ("span", "log_item", "trace_metric"):
+            count = item.headers.get("item_count")
+            if isinstance(count, int) and count > 0:
+                quantity = count
+            if category == "log_item":
+                self._count("log_byte", reason, len(item.get_bytes()))
+            elif category == "trace_metric":
+                self._count("trace_metric_byte", reason, len(item.get_bytes()))
+        elif category == "attachment":
+            quantity = len(item.get_bytes()) or 1
+        self._count(category, reason, quantity)
+
+    def _count(self, category: str, reason: str, quantity: int) -> None:
+        with self._condition:
+            if self._pid != os.getpid():
+                self._start()
+            first = not self._lost
+            self._lost[category, reason] += quantity
+            if first:
+                self._condition.notify()  # the thread may now have a report to send later
+
+    def _record_envelope(self, reason: str, envelope: Envelope) -> None:
+        for item in envelope.items:
+            self.record_lost_event(reason, item=item)
+
+    def _record_body(self, reason: str, body: bytes | None, categories: tuple[str, ...]) -> None:
+        """Count a lost serialized envelope: its items if it can be read, else its categories."""
+        try:
+            envelope = None if body is None else Envelope.deserialize(body)
+        except Exception:  # a damaged body is still one lost envelope
+            envelope = None
+        if envelope is not None and envelope.items:
+            self._record_envelope(reason, envelope)
+            return
+        for category in categories or ("error",):
+            self.record_lost_event(reason, category)
+
+    def _spool_dropped(self, reason: str, categories: tuple[str, ...], body: bytes | None) -> None:
+        self._record_body(reason, body, categories)
 
     def _start(self) -> None:
+        if self._pid:  # a forked worker: what the parent counted, the parent reports
+            self._lost.clear()
         self._queue.clear()
-        self._connection.close()
-        self._busy = self._closing = False
+        self._http.close()
+        self._busy = self._closing = self._report_now = False
         self._pid = os.getpid()
         self._thread = threading.Thread(target=self._run, name="sentry-transport", daemon=True)
         self._thread.start()
@@ -423,11 +586,13 @@ class SentryTransport(Transport):
         while True:
             with self._condition:
                 while not self._queue and not self._closing:
-                    wait = self._spool_wait()
+                    wait = self._idle_wait()
                     if wait is not None and wait <= 0:
                         break
                     self._condition.wait(wait)
                 if self._closing:
+                    self._report_now = False
+                    self._condition.notify_all()
                     return
                 envelope = self._queue.popleft() if self._queue else None
                 self._busy = True
@@ -436,12 +601,23 @@ class SentryTransport(Transport):
                     self._deliver(envelope)
                 if self._spool is not None:
                     self._send_spooled()
+                with self._condition:
+                    idle = not self._queue
+                if idle:  # otherwise a due report rides on the next envelope
+                    self._send_client_report()
             except Exception:  # never let one envelope stop the thread
                 logger.debug("Sentry envelope could not be sent", exc_info=True)
             finally:
                 with self._condition:
                     self._busy = False
                     self._condition.notify_all()
+
+    def _idle_wait(self) -> float | None:
+        """Seconds until there is something to do without a new envelope; None: nothing."""
+        if self._report_now:
+            return 0.0
+        waits = [wait for wait in (self._spool_wait(), self._report_wait()) if wait is not None]
+        return min(waits, default=None)
 
     def _spool_wait(self) -> float | None:
         """Seconds until the spool is due to be looked at; None without a spool."""
@@ -452,45 +628,116 @@ class SentryTransport(Transport):
             return max(0.0, self._retry_at - now, self._resume_at - now)
         return max(0.0, self._next_scan - now)
 
+    def _report_wait(self) -> float | None:
+        """Seconds until a client report is due; None: nothing to report, or not now."""
+        if not self._lost or self._unreachable:
+            return None
+        return max(0.0, self._report_allowed_at(force=False) - time.monotonic())
+
+    def _report_allowed_at(self, *, force: bool) -> float:
+        limits = self._limits
+        allowed = max(self._retry_at, limits.get(None, 0.0), limits.get("internal", 0.0))
+        if not force:
+            allowed = max(allowed, self._last_report + CLIENT_REPORT_INTERVAL_SECONDS)
+        return allowed
+
+    def _take_report(self, *, force: bool) -> dict[tuple[str, str], int] | None:
+        """The counts of lost events, taken for a client report if one may be sent now."""
+        with self._condition:
+            if not self._lost or self._unreachable:
+                return None
+            now = time.monotonic()
+            if now < self._report_allowed_at(force=force):
+                return None
+            lost = dict(self._lost)
+            self._lost.clear()
+            self._last_report = now
+            return lost
+
+    def _restore_report(self, lost: dict[tuple[str, str], int], outcome: str) -> None:
+        """Count again what a client report held if it did not get through: no answer or 5xx, or
+        a rate limit on client reports themselves (a refusal, or a limit on the envelope's other
+        items, would refuse it again)."""
+        if outcome != RETRY and not (
+            outcome == RATE_LIMITED and self._limited("internal", time.monotonic())
+        ):
+            return
+        with self._condition:
+            for key, quantity in lost.items():
+                self._lost[key] += quantity
+
+    @staticmethod
+    def _report_item(lost: dict[tuple[str, str], int]) -> Item:
+        discarded = [
+            {"reason": reason, "category": category, "quantity": quantity}
+            for (category, reason), quantity in lost.items()
+        ]
+        payload = {"timestamp": time.time(), "discarded_events": discarded}
+        return Item(PayloadRef(json=payload), type="client_report")
+
+    def _send_client_report(self) -> None:
+        """Send the client report on its own if it is due, or if a flush asked for it."""
+        with self._condition:
+            force, self._report_now = self._report_now, False
+        lost = self._take_report(force=force)
+        if lost is None:
+            return
+        envelope = Envelope(items=[self._report_item(lost)])
+        self._restore_report(lost, self._post(envelope.serialize()))
+
     def _deliver(self, envelope: Envelope) -> None:
         now = time.monotonic()
         categories = tuple(item.data_category for item in envelope.items)
         if self._spool is not None and SPOOLED_CATEGORIES.intersection(categories):
             held = now < self._retry_at or any(self._limited(c, now) for c in categories)
             body = envelope.serialize()
-            if held or self._backlog or self._post(body) == "retry":
-                self._keep(body, categories)  # in order: after what is spooled already
+            outcome = RETRY if held or self._backlog else self._post(body)
+            if outcome in (RETRY, RATE_LIMITED):
+                self._keep(envelope, body, categories)  # in order: after what is spooled already
+            elif outcome in LOSS_REASONS:
+                self._record_envelope(LOSS_REASONS[outcome], envelope)
             return
-        if now < self._retry_at:
-            return  # backing off after a failure: the envelope is dropped
-        items = [item for item in envelope.items if not self._limited(item.data_category, now)]
+        if now < self._retry_at:  # backing off after a failure: the envelope is dropped
+            self._record_envelope("network_error", envelope)
+            return
+        items = []
+        for item in envelope.items:
+            if self._limited(item.data_category, now):
+                self.record_lost_event("ratelimit_backoff", item=item)
+            else:
+                items.append(item)
         if not items:
             return
-        if len(items) < len(envelope.items):
-            envelope = Envelope(headers=envelope.headers, items=items)
-        self._post(envelope.serialize())
+        sending = Envelope(headers=envelope.headers, items=items)
+        lost = self._take_report(force=False)
+        report = [] if lost is None else [self._report_item(lost)]
+        outcome = self._post(Envelope(headers=envelope.headers, items=items + report).serialize())
+        if lost is not None:
+            self._restore_report(lost, outcome)
+        if outcome in LOSS_REASONS:
+            self._record_envelope(LOSS_REASONS[outcome], sending)
 
     def _post(self, body: bytes) -> str:
-        """Send a serialized envelope: "sent", "retry" (worth sending again later) or "refused"."""
-        head = self._head
+        """Send a serialized envelope; what became of it (`SENT`, `RETRY`, ...)."""
+        headers = self._headers
         if len(body) >= COMPRESS_FROM_BYTES:
             body = gzip.compress(body, compresslevel=1)
-            head += "Content-Encoding: gzip\r\n"
-        head += f"Content-Length: {len(body)}\r\n\r\n"
+            headers = {**headers, "Content-Encoding": "gzip"}
         try:
-            answer = self._connection.post(head.encode("latin-1"), body)
+            answer = self._http.post(body, headers)
         except SendError as error:
             self._failed(str(error))
-            return "retry"
+            return RETRY
         return self._answered(answer)
 
-    def _keep(self, body: bytes, categories: tuple[str, ...]) -> None:
+    def _keep(self, envelope: Envelope, body: bytes, categories: tuple[str, ...]) -> None:
         if self._spool is None:
             return
         try:
             self._spool.put(body, categories)
         except OSError as error:
             logger.warning("Sentry spool: an event could not be written (%s); dropped.", error)
+            self._record_envelope("cache_overflow", envelope)
             return
         self._backlog = True
 
@@ -526,12 +773,14 @@ class SentryTransport(Transport):
             )
             return False
         body = spool.read(spooled)
-        if body is None:  # damaged (logged and removed) or gone
+        if body is None:  # damaged (logged, counted and removed) or gone
             return True
         outcome = self._post(body)
-        if outcome == "retry":
+        if outcome in (RETRY, RATE_LIMITED):
             return False
         spool.remove(spooled)  # sent, or refused for good (a retry would be refused too)
+        if outcome in LOSS_REASONS:
+            self._record_body(LOSS_REASONS[outcome], body, spooled.categories)
         return True
 
     def _queue_is_filling(self) -> bool:
@@ -550,20 +799,22 @@ class SentryTransport(Transport):
             self._limits[None] = now + retry_after_seconds(answer.retry_after)
         if answer.status == 429:
             self._report_outage("rate limited: HTTP 429")
-            return "retry"
+            return RATE_LIMITED
         if answer.status >= 500:
             self._failed(f"HTTP {answer.status}")
-            return "retry"
-        if answer.status >= 300:
+            return RETRY
+        if answer.status >= 300 or answer.status < 200:
             self._report_outage(f"HTTP {answer.status}")  # refused: a retry would be refused too
-            return "refused"
+            return TOO_LARGE if answer.status == 413 else REFUSED
         self._backoff = BACKOFF_SECONDS
+        self._unreachable = False
         if self._failing:
             self._failing = False
             logger.info("Sentry is accepting events again.")
-        return "sent"
+        return SENT
 
     def _failed(self, reason: str) -> None:
+        self._unreachable = True
         self._retry_at = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, MAX_BACKOFF_SECONDS)
         self._report_outage(reason)
@@ -589,18 +840,24 @@ class SentryTransport(Transport):
             return len(self._queue) + self._busy
 
     def flush(self, timeout: float, callback: Callable[[int, float], None] | None = None) -> None:
-        """Wait up to `timeout` seconds for the queue to be sent; say so if events are left."""
+        """Wait up to `timeout` seconds for the queue (and the client report) to be sent; say so
+        in the log if events are left."""
         deadline = time.monotonic() + timeout
         with self._condition:
+            if self._pid != os.getpid():
+                return  # nothing was queued or counted in this process
+            if self._reports_on and not self._closing:
+                self._report_now = True  # once the queue is sent: it may add to the counts
+                self._condition.notify_all()
             waiting = len(self._queue) + self._busy
             if waiting and callback is not None:
                 callback(waiting, timeout)
-            while (self._queue or self._busy) and self._pid == os.getpid():
+            while self._queue or self._busy or self._report_now:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._condition.wait(remaining)
-            unsent = len(self._queue) + self._busy if self._pid == os.getpid() else 0
+            unsent = len(self._queue) + self._busy
         if unsent:
             self._report_outage(f"{unsent} events still unsent after waiting {timeout:g} s")
 
@@ -614,16 +871,9 @@ class SentryTransport(Transport):
             for envelope in left:
                 categories = tuple(item.data_category for item in envelope.items)
                 if SPOOLED_CATEGORIES.intersection(categories):
-                    self._keep(envelope.serialize(), categories)
+                    self._keep(envelope, envelope.serialize(), categories)
             self._spool.report_drops()
-        self._connection.close()
+        self._http.close()
 
     def is_healthy(self) -> bool:
         return not self._failing and len(self._queue) < self._capacity
-
-
-def transport_class(dsn: str) -> type[Transport]:
-    """`SentryTransport`, or the SDK's own transport if the environment names a proxy that is
-    not an HTTP proxy (SOCKS, for one), which only the SDK's transport can use."""
-    parsed = Dsn(dsn)
-    return SentryTransport if target_for({}, parsed) is not None else HttpTransport

@@ -1,10 +1,17 @@
 """A bounded spool on disk for Sentry envelopes that could not be delivered yet.
 
 When Sentry cannot be reached, answers 5xx or says to slow down, the transport
-(app/sentry_transport.py) writes error envelopes here instead of dropping them, and sends them,
+(delivery.py) writes error envelopes here instead of dropping them, and sends them,
 oldest first, once Sentry answers again: later in the same process, or after a restart, or from
 another worker of the same service that shares the directory. Only the transport's background
 thread touches the disk; a request never waits for it.
+
+The events are scrubbed but real: the directory is this user's alone. It is created 0700 and
+its files 0600, whatever the umask; an existing directory that belongs to another user, or that
+group or others can write to, is refused (one log line says why and what to do), and then there
+is no spool: events are still sent, just not kept. The default directory
+(`spool_directory`) is per service and per user in the temp directory, which a container loses
+when it restarts: in a container, set SENTRY_SPOOL_DIR to a directory on a persistent volume.
 
 The rules, all measured in files of this directory:
 
@@ -17,7 +24,8 @@ The rules, all measured in files of this directory:
 - the directory holds at most `max_bytes`: writing past that removes the oldest files first, and
   files older than `max_age_seconds` are removed unsent (Sentry would reject very old events
   anyway); both are counted and logged: at most once a minute while it goes on, and the rest
-  when the backlog has been sent or the process stops.
+  when the backlog has been sent or the process stops. `on_drop` hears of each dropped
+  envelope (the transport reports them to Sentry as lost, "cache_overflow").
 
 A process killed between Sentry's answer and the removal of the file sends that one event again
 when it restarts: the only case of a duplicate, and it needs a crash at that instant.
@@ -27,9 +35,11 @@ import contextlib
 import fcntl
 import logging
 import os
+import stat
+import tempfile
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +52,23 @@ _MAGIC = b"sentry-spool/1"
 DROP_LOG_INTERVAL_SECONDS = 60.0
 #: A temporary file older than this was left by a process that died while writing it.
 STALE_TEMPORARY_SECONDS = 300.0
+DIRECTORY_MODE = 0o700
+FILE_MODE = 0o600
+#: Why an envelope was dropped, as client reports name it.
+CAP_REASON = "cache_overflow"
+DAMAGED_REASON = "internal_sdk_error"
+
+#: Told of each envelope the spool drops: (reason, its data categories, its body if readable).
+DropCallback = Callable[[str, tuple[str, ...], bytes | None], None]
+
+
+def spool_directory(configured: str, name: str) -> Path:
+    """Where undeliverable events wait: `configured` (SENTRY_SPOOL_DIR) if set, else this user's
+    `<name>-<uid>` in the temp directory (which a container loses when it restarts)."""
+    configured = configured.strip()
+    if configured:
+        return Path(configured).expanduser()
+    return Path(tempfile.gettempdir()) / f"{name}-{os.geteuid()}"
 
 
 class DamagedFileError(Exception):
@@ -59,10 +86,18 @@ class Spooled:
 class Spool:
     """See the module's docstring. Used by one thread per process."""
 
-    def __init__(self, directory: Path, *, max_bytes: int, max_age_seconds: float) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_bytes: int,
+        max_age_seconds: float,
+        on_drop: DropCallback | None = None,
+    ) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
         self.max_age_seconds = max_age_seconds
+        self.on_drop = on_drop
         self.dropped_for_size = 0
         self.dropped_for_age = 0
         self.damaged = 0
@@ -72,12 +107,16 @@ class Spool:
         self._unlogged_drops = 0
 
     def prepare(self) -> bool:
-        """Create the directory if needed. Returns False (and logs why) if it cannot be used."""
+        """Create the directory (0700) if needed, and check that it is this user's alone.
+
+        Returns False, and logs why and what to do, if it cannot be used or is not safe.
+        """
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            probe = self.directory / f".probe-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
+            unsafe = self._make_private()
+            if unsafe is None:
+                probe = self.directory / f".probe-{os.getpid()}"
+                os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE))
+                probe.unlink()
         except OSError as error:
             logger.warning(
                 "Sentry spool directory %s cannot be used (%s): undeliverable events are "
@@ -86,8 +125,51 @@ class Spool:
                 error,
             )
             return False
+        if unsafe is not None:
+            logger.warning(
+                "Sentry spool directory %s is not safe to use: %s; there is no spool "
+                "(events are still sent, undeliverable ones are dropped). Fix: %s, or set "
+                "SENTRY_SPOOL_DIR to a directory only this user can write.",
+                self.directory,
+                *unsafe,
+            )
+            return False
         self.enforce_limits()
         return True
+
+    def _make_private(self) -> tuple[str, str] | None:
+        """Create the directory 0700 if it is missing; make an existing one of ours 0700.
+
+        Returns (what is wrong, the fix) if it belongs to another user or others can write it.
+        """
+        directory = self.directory
+        missing = []
+        while not directory.exists() and directory != directory.parent:
+            missing.append(directory)
+            directory = directory.parent
+        for path in reversed(missing):  # private too: the umask is not asked
+            with contextlib.suppress(FileExistsError):  # another worker made it meanwhile
+                path.mkdir(mode=DIRECTORY_MODE)
+                path.chmod(DIRECTORY_MODE)
+        directory = self.directory
+        status = directory.stat()
+        if not stat.S_ISDIR(status.st_mode):
+            raise NotADirectoryError(f"{directory} is not a directory")
+        if status.st_uid != os.geteuid():
+            return (
+                f"it belongs to uid {status.st_uid}, not to this process's user "
+                f"(uid {os.geteuid()}), so its owner could read the events or plant some",
+                f"remove it (or chown it to uid {os.geteuid()})",
+            )
+        mode = stat.S_IMODE(status.st_mode)
+        if mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return (
+                f"group or other users can write to it (mode {mode:04o})",
+                f"chmod 700 {directory}",
+            )
+        if mode != DIRECTORY_MODE:  # ours, but others could read the events in it
+            directory.chmod(DIRECTORY_MODE)
+        return None
 
     # ---- writing --------------------------------------------------------------------------
 
@@ -102,7 +184,9 @@ class Spool:
             ",".join(categories).encode("ascii", "replace"),
         )
         temporary = self.directory / f".{name}.tmp"
-        with temporary.open("wb") as file:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        with os.fdopen(descriptor, "wb") as file:
+            os.fchmod(descriptor, FILE_MODE)  # whatever the umask
             file.write(header)
             file.write(body)
         temporary.rename(self.directory / name)
@@ -154,7 +238,7 @@ class Spool:
     def delivering(self) -> Iterator[bool]:
         """Hold the spool's delivery lock while inside; yields False if another process holds it."""
         try:
-            descriptor = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+            descriptor = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, FILE_MODE)
         except OSError:
             yield False
             return
@@ -215,11 +299,20 @@ class Spool:
         ]
 
     def _drop(self, path: Path) -> bool:
+        """Remove a file past a cap; tell `on_drop`. False if another process got there first."""
+        categories: tuple[str, ...] = ()
+        body = None
+        if self.on_drop is not None:
+            with contextlib.suppress(OSError, DamagedFileError):
+                categories = _read_header(path)[2]
+                body = _read_body(path)
         try:
             path.unlink()
         except FileNotFoundError:
-            return False  # another process got there first
+            return False
         self._unlogged_drops += 1
+        if self.on_drop is not None:
+            self.on_drop(CAP_REASON, categories, body)
         return True
 
     def report_drops(self) -> None:
@@ -246,8 +339,13 @@ class Spool:
     def _discard_damaged(self, path: Path, error: Exception) -> None:
         self.damaged += 1
         logger.warning("Sentry spool: skipped damaged file %s (%s).", path.name, error)
+        categories: tuple[str, ...] = ()
+        with contextlib.suppress(OSError, DamagedFileError):
+            categories = _read_header(path)[2]
         with contextlib.suppress(OSError):
             path.unlink()
+        if self.on_drop is not None:
+            self.on_drop(DAMAGED_REASON, categories, None)
 
 
 def _read_header(path: Path) -> tuple[int, int, tuple[str, ...]]:
@@ -262,6 +360,12 @@ def _read_header(path: Path) -> tuple[int, int, tuple[str, ...]]:
         raise DamagedFileError("bad spool header") from None
     categories = tuple(c for c in fields[3].decode("ascii", "replace").split(",") if c)
     return length, checksum, categories
+
+
+def _read_body(path: Path) -> bytes:
+    with path.open("rb") as file:
+        file.readline(256)
+        return file.read()
 
 
 def _spooled_at(path: Path, fallback: float) -> float:

@@ -9,9 +9,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from app import sentry
-from app.sentry_integration import flood as sentry_flood
 from app.core.config import Settings
 from app.main import create_app
+from app.sentry_integration import flood as sentry_flood
 from app.sentry_integration.flood import DEFAULT_FINGERPRINT, FloodGate, issue_key
 from tests.sentry_integration.conftest import CapturingTransport
 
