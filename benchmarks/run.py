@@ -521,7 +521,7 @@ import sys, time
 import sentry_sdk.client
 from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import HttpTransport
-from app.sentry_transport import SentryTransport
+from app.sentry_integration.delivery import SentryTransport
 
 options = sentry_sdk.client._get_options(dsn=sys.argv[1])
 event = {"type": "transaction", "transaction": "/api/v1/items/{item_id}",
@@ -556,7 +556,8 @@ def send_cost(project: Path, venv: Path, dsn: str) -> None:
     sdk, ours = float(figures["sdk"]), float(figures["ours"])
     print(
         f"sending one transaction (CPU, 2000 in a row to the sink): {sdk:.0f} us with the SDK's "
-        f"HTTP transport, {ours:.0f} us with app/sentry_transport.py ({sdk / ours:.1f}x less)"
+        f"HTTP transport, {ours:.0f} us with app/sentry_integration/delivery.py "
+        f"({sdk / ours:.1f}x less)"
     )
 
 
