@@ -18,19 +18,23 @@ from tests.support.server import Response, RunningServer, gunicorn_server, uvico
 
 SECRET_KEY = "end-to-end-secret-key-long-enough-for-hs256-0123456789"
 PROBE_APP = "e2e_probe_app:app"
+#: The `sid` claim of every probe's token is this, a dash and the probe's nonce.
+TOKEN_CLAIM = "jwt-claim"
 
 
-def make_token(user_id: str, tenant_id: str, email: str | None = None) -> str:
-    """An HS256 JWT as the service expects it, made without the project's own code."""
+def make_token(user_id: str, tenant_id: str, email: str | None = None, **claims: object) -> str:
+    """An HS256 JWT as the service expects it, made without the project's own code; `claims`
+    are added to its payload (the service ignores claims it does not know)."""
 
     def part(data: dict[str, object]) -> str:
         raw = json.dumps(data, separators=(",", ":")).encode()
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
-    claims: dict[str, object] = {"sub": user_id, "tenant_id": tenant_id, "exp": time.time() + 3600}
+    payload: dict[str, object] = {"sub": user_id, "tenant_id": tenant_id, "exp": time.time() + 3600}
     if email:
-        claims["email"] = email
-    signing_input = f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(claims)}"
+        payload["email"] = email
+    payload.update(claims)
+    signing_input = f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(payload)}"
     signature = hmac.new(SECRET_KEY.encode(), signing_input.encode(), hashlib.sha256).digest()
     return f"{signing_input}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
 
@@ -105,10 +109,34 @@ def running_probe(
     )
     assert migrate.returncode == 0, migrate.stderr
     log = workdir / "server.log"
-    token = make_token("user-7", "tenant-42", "owner@example.com")
+    # A claim only the token holds: were the token sent, even decoded, the privacy tests see it.
+    token = make_token("user-7", "tenant-42", "owner@example.com", sid=f"{TOKEN_CLAIM}-{nonce}")
     if gunicorn_workers:
         server = gunicorn_server(venv, project, env, log, PROBE_APP, gunicorn_workers)
     else:
         server = uvicorn_server(venv, project, env, log, app=PROBE_APP)
     with server as running:
         yield Probe(running, nonce, token)
+
+
+def sentry_log(log: str, limit: int = 30) -> str:
+    """The last `limit` lines of a probe's log that are about Sentry, for assertion messages (the
+    probe's own failures fill the rest of the log with tracebacks): records of the `app.sentry`
+    and `sentry_sdk` loggers, and any other line that names Sentry or a certificate, each as
+    `LEVEL logger: message` (JSON records) or as written."""
+    lines = []
+    for line in log.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            logger, message = str(record.get("logger", "")), str(record.get("message", ""))
+            text = f"{record.get('level', '')} {logger}: {message}"
+            about = logger.startswith(("app.sentry", "sentry_sdk")) or "sentry" in message.lower()
+        else:
+            text, about = line, "sentry" in line.lower()
+        if about or "certificate" in text.lower():
+            lines.append(text[:1000])
+    shown = "\n".join(lines[-limit:]) or "(no line about Sentry)"
+    return f"\n---- the service's log about Sentry ----\n{shown}"

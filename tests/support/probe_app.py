@@ -97,3 +97,22 @@ async def message(label: str) -> dict[str, str]:
     """Captures a message and answers at once: the event may still be queued at shutdown."""
     event_id = sentry.capture_message(f"queued {label}", level="warning")
     return {"event_id": event_id or "", "pid": str(os.getpid())}
+
+
+@app.get("/e2e/isolation/{label}")
+async def isolation(
+    label: str, user: CurrentUserDep, pause_ms: int = 0, how: str = "raise"
+) -> None:
+    """As `user` (set by the dependency), marks the request, lets the other requests in flight
+    run for `pause_ms`, then raises, or captures a message and answers 200 (`how=capture`; from
+    a worker thread with `how=capture-in-thread`)."""
+    sentry.set_tag("probe", label)
+    sentry.add_breadcrumb(f"isolation step of {label}")
+    await asyncio.sleep(pause_ms / 1000)
+    if how == "capture":
+        sentry.capture_message(f"isolation {label} of {user.id}", level="warning")
+        return
+    if how == "capture-in-thread":
+        await asyncio.to_thread(sentry.capture_message, f"isolation {label} of {user.id}")
+        return
+    raise RuntimeError(f"isolation {label} of {user.id}")

@@ -13,11 +13,14 @@ import socket
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+#: The longest an answer is held back (`Recorder.answering`): no handler outlives a test for long.
+HOLD_TIMEOUT = 60.0
 
 
 @dataclass
@@ -61,10 +64,24 @@ def parse_envelope(data: bytes) -> Envelope:
 class Recorder:
     """Runs the endpoint in a background thread; `dsn` points an SDK at it."""
 
-    def __init__(self, status: int = 200, delay: float = 0.0) -> None:
-        """Answer every envelope with `status`, after `delay` seconds (a slow server)."""
+    def __init__(
+        self,
+        status: int = 200,
+        delay: float = 0.0,
+        *,
+        headers: Mapping[str, str] | None = None,
+        port: int = 0,
+    ) -> None:
+        """Answer every envelope with `status` and `headers`, after `delay` seconds (a slow
+        server), on `port` (0: a free one; a given one lets a test bring a server back up).
+
+        `answering` is set: clearing it holds every answer back (the envelope is recorded at
+        once) until it is set again, as a server that stalls for as long as the test wants."""
         self.status = status
         self.delay = delay
+        self.answer_headers = dict(headers or {})
+        self.answering = threading.Event()
+        self.answering.set()
         self.envelopes: list[Envelope] = []
         self._lock = threading.Lock()
         recorder = self
@@ -75,10 +92,13 @@ class Recorder:
                 data = decompress(body, self.headers.get("Content-Encoding", ""))
                 with recorder._lock:
                     recorder.envelopes.append(parse_envelope(data))
+                recorder.answering.wait(timeout=HOLD_TIMEOUT)
                 time.sleep(recorder.delay)
                 self.send_response(recorder.status)
                 if recorder.status == 429:
                     self.send_header("Retry-After", "60")
+                for name, value in recorder.answer_headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
                 self.wfile.write(b"{}")
@@ -86,7 +106,7 @@ class Recorder:
             def log_message(self, format: str, *args: Any) -> None:
                 """Silence the per-request access log."""
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
@@ -98,6 +118,7 @@ class Recorder:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self.answering.set()  # answers held back go out now: closing waits for their threads
         self._server.shutdown()
         self._server.server_close()
 

@@ -75,29 +75,24 @@ def init_sentry(settings: Settings, *, transport: "Transport | None" = None) -> 
         return False
     try:
         options = _options(settings, dsn, transport)
-    except Exception as error:  # an SDK this code does not fit: say so, never stop the service
+        sentry_sdk.init(**options)
+    except ValueError as error:  # a malformed DSN, or a CA bundle that cannot be loaded
         logger.error(
-            "Sentry is off: the installed sentry-sdk %s does not work with this service "
-            "(%s: %s). Install a version in the range pyproject.toml declares.",
-            getattr(sentry_sdk, "VERSION", "?"),
-            type(error).__name__,
+            "Sentry is off: it could not be started (%s). Check SENTRY_DSN (copy it from your "
+            "Sentry project's Client Keys settings) and SENTRY_CA_CERTS.",
             error,
         )
+        return False
+    except Exception as error:  # an SDK this code does not fit: say so, never stop the service
+        _log_incompatible_sdk(error)
         return False
     try:
-        sentry_sdk.init(**options)
-    except Exception as error:
-        logger.error(
-            "Sentry is off: it could not be started with SENTRY_DSN (%s: %s). "
-            "Copy the DSN from your Sentry project's Client Keys settings.",
-            type(error).__name__,
-            error,
-        )
-        return False
-    from app.sentry_integration.events import attach_log_handlers
+        from app.sentry_integration.events import attach_log_handlers
 
-    attach_log_handlers(event_level=logging.ERROR, breadcrumb_level=logging.INFO)
-    _use_spool(settings)
+        attach_log_handlers(event_level=logging.ERROR, breadcrumb_level=logging.INFO)
+        _use_spool(settings)
+    except Exception as error:  # reporting works; only logs, or the spool, are missing
+        _log_incompatible_sdk(error, partly=True)
     _quiet_sdk_debug_logging()
     _state.update(on=True, tracing=settings.sentry_traces_sample_rate > 0)
     logger.info(
@@ -107,6 +102,17 @@ def init_sentry(settings: Settings, *, transport: "Transport | None" = None) -> 
         settings.sentry_traces_sample_rate,
     )
     return True
+
+
+def _log_incompatible_sdk(error: Exception, *, partly: bool = False) -> None:
+    logger.error(
+        "Sentry is %s: the installed sentry-sdk %s does not work with this service (%s: %s). "
+        "Install a version in the range pyproject.toml declares.",
+        "on, but without log events or the spool" if partly else "off",
+        getattr(sentry_sdk, "VERSION", "?"),
+        type(error).__name__,
+        error,
+    )
 
 
 def _use_spool(settings: Settings) -> None:

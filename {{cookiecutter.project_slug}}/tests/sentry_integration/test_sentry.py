@@ -173,6 +173,32 @@ def test_malformed_dsn_is_logged_once_and_the_app_still_serves(
     assert "SENTRY_DSN" in problems[0].getMessage()
 
 
+def test_an_sdk_this_code_does_not_fit_keeps_reporting_off_and_says_so(
+    sentry_settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuses(**options: object) -> None:
+        raise TypeError("Unknown option 'profile_lifecycle'")
+
+    monkeypatch.setattr(sentry_sdk, "init", refuses)
+    caplog.set_level(logging.INFO, logger="app.sentry")
+    with TestClient(create_app(sentry_settings)) as client:
+        assert client.get("/health").status_code == 200
+    problems = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(problems) == 1, problems
+    assert "does not work with this service" in problems[0], problems[0]
+    assert "profile_lifecycle" in problems[0] and "pyproject.toml" in problems[0], problems[0]
+
+
+def test_a_ca_bundle_that_is_not_a_file_keeps_reporting_off(
+    sentry_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = sentry_settings.model_copy(update={"sentry_ca_certs": "/nonexistent/ca.pem"})
+    caplog.set_level(logging.INFO, logger="app.sentry")
+    assert not sentry.init_sentry(settings)
+    problems = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(problems) == 1 and "SENTRY_CA_CERTS" in problems[0], problems
+
+
 def test_missing_sdk_keeps_reporting_off(
     sentry_settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
