@@ -73,6 +73,9 @@ def init_sentry(settings: Settings, *, transport: "Transport | None" = None) -> 
             ca_certs,
         )
         return False
+    previous = sentry_sdk.get_client()
+    if previous.is_active():  # initialised again (tests do): stop the old client's transport
+        previous.close(timeout=0)
     try:
         options = _options(settings, dsn, transport)
         sentry_sdk.init(**options)
@@ -83,17 +86,23 @@ def init_sentry(settings: Settings, *, transport: "Transport | None" = None) -> 
             error,
         )
         return False
-    except Exception as error:  # an SDK this code does not fit: say so, never stop the service
+    except (ImportError, AttributeError, TypeError) as error:  # an SDK this code does not fit
         _log_incompatible_sdk(error)
+        return False
+    except Exception as error:  # anything else: say what, never stop the service
+        logger.error("Sentry is off: starting it failed (%s: %s).", type(error).__name__, error)
         return False
     try:
         from app.sentry_integration.events import attach_log_handlers
 
         attach_log_handlers(event_level=logging.ERROR, breadcrumb_level=logging.INFO)
         _use_spool(settings)
-    except Exception as error:  # reporting works; only logs, or the spool, are missing
-        _log_incompatible_sdk(error, partly=True)
-    _quiet_sdk_debug_logging()
+    except Exception as error:  # reporting works; only log events, or the spool, are missing
+        logger.error(
+            "Sentry is on, but without log events or the spool: setting them up failed (%s: %s).",
+            type(error).__name__,
+            error,
+        )
     _state.update(on=True, tracing=settings.sentry_traces_sample_rate > 0)
     logger.info(
         "Sentry is on: environment=%s release=%s traces_sample_rate=%s",
@@ -104,11 +113,10 @@ def init_sentry(settings: Settings, *, transport: "Transport | None" = None) -> 
     return True
 
 
-def _log_incompatible_sdk(error: Exception, *, partly: bool = False) -> None:
+def _log_incompatible_sdk(error: Exception) -> None:
     logger.error(
-        "Sentry is %s: the installed sentry-sdk %s does not work with this service (%s: %s). "
+        "Sentry is off: the installed sentry-sdk %s does not work with this service (%s: %s). "
         "Install a version in the range pyproject.toml declares.",
-        "on, but without log events or the spool" if partly else "off",
         getattr(sentry_sdk, "VERSION", "?"),
         type(error).__name__,
         error,
@@ -211,7 +219,12 @@ async def sentry_lifespan() -> AsyncIterator[None]:
     if _state["on"] and _state["tracing"]:
         from app.sentry_integration.request import enable_asyncio_spans_for_traced_requests
 
-        enable_asyncio_spans_for_traced_requests()
+        try:
+            enable_asyncio_spans_for_traced_requests()
+        except Exception as error:  # traced requests lose their task spans, nothing more
+            logger.error(
+                "Sentry: asyncio task spans are off (%s: %s).", type(error).__name__, error
+            )
     try:
         yield
     finally:
@@ -282,17 +295,6 @@ def set_context(name: str, context: Mapping[str, Any]) -> None:
     if sentry_sdk is None:  # pragma: no cover
         return
     sentry_sdk.set_context(name, dict(context))
-
-
-def _quiet_sdk_debug_logging() -> None:
-    """Keep the SDK from building log records that it would only throw away.
-
-    The SDK's logger is set to DEBUG with a filter that drops every record unless its `debug`
-    option is on, so each of its debug calls (one per transaction, for one) still builds a record.
-    With `debug` off, a level above CRITICAL skips that work and changes nothing that is shown.
-    """
-    if sentry_sdk is not None and not sentry_sdk.get_client().options.get("debug"):
-        logging.getLogger("sentry_sdk.errors").setLevel(logging.CRITICAL + 1)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,8 +26,10 @@ def send_check_event(settings: Settings) -> tuple[bool, str]:
         from sentry_sdk.envelope import Envelope, Item, PayloadRef
 
         from app.sentry_integration.delivery import CLIENT_NAME, HttpClient, SendError, parse_dsn
-    except ImportError:
-        return False, "the sentry-sdk package is not installed."
+    except ImportError as error:
+        if (error.name or "").partition(".")[0] == "sentry_sdk":
+            return False, "the sentry-sdk package is not installed."
+        return False, f"the check could not be loaded ({error})."
     try:
         endpoint = parse_dsn(dsn)
     except ValueError as error:

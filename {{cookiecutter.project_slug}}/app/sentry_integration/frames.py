@@ -12,6 +12,7 @@ Every frame is still sent, with file, function, module and line number: the stac
 complete. Locals go through the same scrubber as the rest of the event afterwards.
 """
 
+import itertools
 import linecache
 import os
 from collections.abc import Iterator
@@ -116,12 +117,14 @@ def shown(value: Any, depth: int = 0) -> Any:
         return value
     if isinstance(value, str):  # quoted, as Sentry shows strings among variables
         return repr(value[:MAX_VAR_LENGTH])
+    if isinstance(value, bytes | bytearray):  # cut before repr: an upload may be megabytes
+        return repr(bytes(value[:MAX_VAR_LENGTH]))[:MAX_VAR_LENGTH]
     if depth < MAX_VAR_DEPTH:
         if isinstance(value, dict):
-            items = list(value.items())[:MAX_VAR_ITEMS]
+            items = itertools.islice(value.items(), MAX_VAR_ITEMS)
             return {str(key)[:MAX_VAR_LENGTH]: shown(item, depth + 1) for key, item in items}
         if isinstance(value, list | tuple | set | frozenset):
-            return [shown(item, depth + 1) for item in list(value)[:MAX_VAR_ITEMS]]
+            return [shown(item, depth + 1) for item in itertools.islice(value, MAX_VAR_ITEMS)]
     try:
         text = repr(value)
     except Exception as error:

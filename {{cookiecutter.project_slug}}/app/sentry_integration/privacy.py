@@ -68,11 +68,16 @@ _KEY_CHAR = r"[^\s=:&#?;,\"'()\[\]{}<>]"
 _KEY = _KEY_CHAR + "*(?:" + "|".join(map(re.escape, SENSITIVE_KEY_PARTS)) + ")" + _KEY_CHAR + "*"
 
 
+#: Authorization schemes whose credential follows a space (`Authorization: Token abc`).
+_SCHEMES = r"(?:token|bearer|basic|digest|apikey|api-key|ssws|hmac|negotiate|ntlm|sharedkey)\s+"
+
+
 def _assignment(operator: str) -> re.Pattern[str]:
-    """`key<operator>value` where the key contains a sensitive word, the value possibly quoted."""
+    """`key<operator>value` where the key contains a sensitive word: a quoted value up to its
+    closing quote (spaces included), else the next word, with a scheme word before it if any."""
     return re.compile(
         r"(?i)((?:^|[?&;\s,(\[{\"'])" + _KEY + r"[\"']?\s*" + operator + r"\s*[\"']?)"
-        r"(?!\[Filtered\])[^\s\"',;)\]}&#]+"
+        r"(?!\[Filtered\])(?:(?<=\")[^\"\n]+|(?<=')[^'\n]+|(?:" + _SCHEMES + r")?[^\s\"',;)\]}&#]+)"
     )
 
 

@@ -58,8 +58,12 @@ class SentryMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind not in ("http", "websocket") or scope["path"] in self.untraced_paths:
+        if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)
+            return
+        if scope["path"] in self.untraced_paths:  # never traced, but what they record stays theirs
+            with sentry_sdk.isolation_scope():
+                await self.app(scope, receive, send)
             return
         incoming, has_body = {}, False
         for key, value in scope["headers"]:
@@ -69,6 +73,7 @@ class SentryMiddleware:
                 has_body = value != b"0"
         with sentry_sdk.isolation_scope() as sentry_scope:
             sentry_sdk.get_current_scope().span = None  # nothing of the server's own context
+            sentry_scope.clear_breadcrumbs()  # nor the server's start-up log lines
             body = _BodyCopy(receive) if has_body and kind == "http" else None
             receive = body.receive if body is not None else receive
             sentry_scope.add_event_processor(_request_processor(scope, body))
@@ -125,7 +130,13 @@ def _report_handled_server_error() -> None:
 
 
 def _capture_later(error: Exception) -> None:
-    """Report `error` once the server has sent the 500, still in this request's scope."""
+    """Report `error` once the server has sent the 500, still in this request's scope.
+
+    Not if it was reported already: a route may have logged or captured it before re-raising,
+    in a thread-pool copy of the context where the SDK's de-duplication cannot see it.
+    """
+    if was_reported(error):
+        return
     mark_unhandled(error)
     asyncio.get_running_loop().call_soon(
         sentry_sdk.capture_exception, error, context=contextvars.copy_context()
@@ -135,12 +146,10 @@ def _capture_later(error: Exception) -> None:
 def sample_rate(rate: float, parent_sampled: bool | None) -> float:
     """The one sampling rule, for `init_sentry`'s traces_sampler.
 
-    With tracing off (rate 0), nothing is traced, whatever a caller asks: otherwise any client
-    could switch tracing on by sending a header. Else a caller's decision (the flag of
-    `sentry-trace`) wins, so that a distributed trace is complete, and `rate` decides the rest.
+    A caller's decision (the flag of `sentry-trace`) wins, so that a distributed trace is
+    complete, and `rate` decides the rest. With tracing off (rate 0) there is no sampler at all:
+    nothing is traced, whatever a caller asks, or any client could switch tracing on.
     """
-    if rate <= 0:
-        return 0.0
     if parent_sampled is not None:
         return 1.0 if parent_sampled else 0.0
     return rate

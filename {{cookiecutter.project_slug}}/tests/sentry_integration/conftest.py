@@ -37,9 +37,13 @@ class CapturingTransport(Transport):
     def __init__(self) -> None:
         super().__init__({"dsn": DSN})  # the client takes the DSN's public key from here
         self.payloads: list[bytes] = []
+        self.flushes = 0
 
     def capture_envelope(self, envelope: Envelope) -> None:
         self.payloads.append(envelope.serialize())
+
+    def flush(self, timeout: float, callback: Any = None) -> None:
+        self.flushes += 1
 
     def items(self, item_type: str) -> list[dict[str, Any]]:
         found = []
@@ -64,13 +68,14 @@ def transport() -> Iterator[CapturingTransport]:
 
 
 @pytest.fixture
-def sentry_settings(settings: Settings) -> Settings:
+def sentry_settings(settings: Settings, tmp_path: Path) -> Settings:
     return settings.model_copy(
         update={
             "sentry_dsn": SecretStr(DSN),
             "sentry_environment": "staging",
             "sentry_release": "svc@1.2.3",
             "sentry_traces_sample_rate": 0.0,
+            "sentry_spool_dir": str(tmp_path / "spool"),  # never a real service's spool
         }
     )
 

@@ -134,3 +134,29 @@ def test_ids_stay_unique_when_the_app_seeds_random(
     trace_ids = {event["contexts"]["trace"]["trace_id"] for event in transactions}
     assert len(event_ids) == 6, f"event ids repeat under random.seed: {event_ids}"
     assert len(trace_ids) == 3, f"trace ids repeat under random.seed: {trace_ids}"
+
+
+@pytest.mark.parametrize("how", ["captured", "logged"])
+def test_an_exception_reported_in_a_sync_route_and_re_raised_is_one_event(
+    sentry_settings: Settings, transport: CapturingTransport, how: str
+) -> None:
+    """The route reports it from a thread-pool copy of the context, where the SDK's own
+    de-duplication does not see it; the request path must not report it again."""
+    app = _app(sentry_settings, transport)
+
+    @app.get("/reraise")
+    def reraise() -> None:
+        try:
+            raise RuntimeError("reported, then re-raised")
+        except RuntimeError as error:
+            if how == "captured":
+                sentry.capture_exception(error)
+            else:
+                logging.getLogger("app.orders").exception("order failed")
+            raise
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.get("/reraise").status_code == 500
+    sentry_sdk.flush(timeout=2)
+    values = [event["exception"]["values"][-1]["value"] for event in transport.events]
+    assert values == ["reported, then re-raised"], f"one failure, {len(values)} events"

@@ -104,6 +104,9 @@ def test_harmless_data_is_kept(value: dict[str, Any]) -> None:
         ("{'client_secret': 'cs-998877', 'n': 1}", "cs-998877"),
         ('{"X-Api-Key": "xk-5544"}', "xk-5544"),
         ("Credentials(user='svc', passphrase='pp-1212')", "pp-1212"),
+        ("upstream said Authorization: Token tk-7788-s3cr3t", "tk-7788-s3cr3t"),
+        ("{'Authorization': 'ApiKey ak-6655-s3cr3t'}", "ak-6655-s3cr3t"),
+        ('{"password": "two words s3cr3t"}', "s3cr3t"),
     ],
     ids=[
         "bearer",
@@ -120,6 +123,9 @@ def test_harmless_data_is_kept(value: dict[str, Any]) -> None:
         "dict-repr",
         "json-text",
         "object-repr",
+        "scheme-token",
+        "scheme-in-repr",
+        "quoted-with-spaces",
     ],
 )
 def test_credential_looking_text_is_replaced(text: str, secret: str) -> None:

@@ -111,8 +111,12 @@ def test_a_caller_decides_for_the_trace_but_not_when_tracing_is_off(
     transactions = transport.items("transaction")
     assert len(transactions) == 10, f"{len(transactions)} of 10 asked-for traces were sent"
     assert {t["contexts"]["trace"]["trace_id"] for t in transactions} == {trace_id}
-    assert sample_rate(0.0, parent_sampled=True) == 0.0, "tracing off: no caller turns it on"
     assert sample_rate(0.5, parent_sampled=None) == 0.5
+    off = client_for(0.0)
+    header = {"sentry-trace": f"{trace_id}-b7ad6b7169203331-1"}
+    assert off.get("/orders/1", headers=header).status_code == 200
+    sentry_sdk.flush(timeout=2)
+    assert len(transport.items("transaction")) == 10, "with tracing off a caller turned it on"
 
 
 def test_a_failed_request_is_one_event_with_its_request(
@@ -381,3 +385,27 @@ def test_the_sample_rate_that_applied_is_in_the_trace_header(
     header = json.loads(payload.split(b"\n", 1)[0])["trace"]
     assert (header["sample_rate"], header["sample_rand"]) == ("0.25", "0.125"), header
     assert header["trace_id"] == trace_id, header
+
+
+def test_probe_requests_and_start_up_logs_stay_out_of_other_requests_events(
+    sentry_settings: Settings, transport: CapturingTransport
+) -> None:
+    import logging
+
+    app = _app(sentry_settings, transport, 0.0)
+
+    @app.get("/metrics")
+    async def metrics() -> dict[str, int]:
+        sentry.set_tag("scraper", "prometheus")
+        logging.getLogger("app.metrics").warning("metrics scraped")
+        return {}
+
+    logging.getLogger("uvicorn.error").info("Started server process")  # before any request
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.get("/metrics").status_code == 200
+        assert client.post("/orders/5/fail").status_code == 500
+    sentry_sdk.flush(timeout=2)
+    (event,) = transport.events
+    assert "scraper" not in event.get("tags", {}), event.get("tags")
+    crumbs = [crumb.get("message") for crumb in event.get("breadcrumbs", {}).get("values", [])]
+    assert crumbs == [], f"another request's or the server's log lines: {crumbs}"

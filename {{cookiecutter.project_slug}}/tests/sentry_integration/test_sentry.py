@@ -282,4 +282,6 @@ def test_lifespan_instruments_the_loop_if_tracing_and_flushes(
         enabled = sentry_sdk.get_client().get_integration(AsyncioIntegration) is not None
         assert enabled == instrumented, f"asyncio integration enabled={enabled} at rate {rate}"
         sentry.capture_message("queued just before shutdown")
+        flushes_while_serving = transport.flushes
+    assert transport.flushes > flushes_while_serving, "the shutdown did not flush the transport"
     assert [e["message"] for e in transport.events] == ["queued just before shutdown"]
