@@ -5,7 +5,8 @@ spans around every middleware, patched handlers); on a trivial route that cost m
 service's throughput with tracing off (docs/adr/0003). For each HTTP or WebSocket request, this
 middleware does only what cannot wait:
 
-- a fresh isolation scope, so that user, tenant, tags and breadcrumbs stay with their request;
+- an isolation scope of its own, forked from the server's (without its breadcrumbs), so that
+  user, tenant, tags and breadcrumbs stay with their request (probe paths get one too);
 - the request's trace: the caller's (`sentry-trace`, `baggage`) or a new one;
 - with tracing on, a transaction that the SDK samples (`sentry_sdk.start_transaction`); the
   sampling rule is `sample_rate`, used by `init_sentry`'s `traces_sampler`;
