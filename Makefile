@@ -20,8 +20,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check hooks tests scripts benchmarks
 	$(VENV)/bin/ruff format --check hooks tests scripts benchmarks
 
-## bench: what error tracking costs per request, yes against no, side by side (docs/performance.md)
+## bench: what error tracking costs per request, yes against no, side by side (docs/performance.md):
+## CPU per request in-process first (INPROCESS_ARGS), then throughput and latency under load (ARGS)
 bench: $(STAMP)
+	$(PY) benchmarks/inprocess.py $(INPROCESS_ARGS)
 	$(PY) benchmarks/run.py $(ARGS)
 
 $(STAMP): requirements/test.txt

@@ -30,8 +30,8 @@ Configurations: `no`; `yes` with SENTRY_DSN pointing at a sink on loopback (benc
 one per run, so that its envelope count is the run's) and tracing off, 0.1 and 1.0 (profiling off);
 "stock": `sentry_sdk.init(dsn=...)` with the SDK's defaults before the app is imported, the
 project's own set-up off (SENTRY_DSN empty, SENTRY_TRACES_SAMPLE_RATE=0), with
-`traces_sample_rate` unset or 0.1. (The app still adds its own middleware when it finds an active
-client; the table's last section lists each configuration's integrations and middleware.)
+`traces_sample_rate` unset or 0.1. (The table's last section lists each configuration's
+integrations and middleware.)
 
 Without --project-*, both variants are baked from this repository's working tree into
 .cache/inprocess/ and installed into their own environments (as benchmarks/run.py does). With
