@@ -50,7 +50,7 @@ _FORM = "application/x-www-form-urlencoded"
 
 
 class SentryMiddleware:
-    """Wraps the app; see the module's docstring. Requests to `untraced_paths` pass untouched."""
+    """Wraps the app; see the module's docstring. Requests to `untraced_paths` get only a scope."""
 
     def __init__(self, app: ASGIApp, *, tracing: bool, untraced_paths: frozenset[str]) -> None:
         self.app = app
