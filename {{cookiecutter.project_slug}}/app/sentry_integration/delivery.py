@@ -11,7 +11,11 @@ what the SDK's own transport does not do (docs/adr/0003):
 - with a spool (`use_spool`, spool.py), error events that cannot be delivered (no connection,
   timeout, 5xx, 429 or a rate limit on their category) are kept on disk and sent in order once
   Sentry answers again, before any newer one. Transactions are not kept: in an outage they would
-  fill the spool and push the errors out; they are dropped, as without a spool.
+  fill the spool and push the errors out; they are dropped, as without a spool. An envelope that
+  Sentry answers with 5xx `STUCK_ATTEMPTS` times in a row, while it takes the next one, is
+  dropped (logged, and reported as lost: "send_error") rather than hold back all the others;
+- at shutdown (`kill`) the thread writes what is still queued to the spool, and `kill` waits for
+  it up to `SHUTDOWN_JOIN_SECONDS`: only that thread touches the spool's files.
 
 What it keeps from the SDK's transport, through documented options only:
 
@@ -78,6 +82,11 @@ SPOOLED_CATEGORIES = frozenset({"error", "default", "security", "attachment", "m
 SPOOL_SCAN_SECONDS = 5.0
 #: Spooled envelopes sent in a row before the queue is looked at again.
 SPOOL_BATCH = 50
+#: The oldest spooled envelope answered 5xx this many times in a row is skipped once: if Sentry
+#: takes the next one, it is dropped as one Sentry will never take; if not, Sentry is down.
+STUCK_ATTEMPTS = 3
+#: How long `kill` waits for the thread to write what is queued to the spool.
+SHUTDOWN_JOIN_SECONDS = 1.0
 #: Client reports (counts of lost events) are sent at most this often, and at a flush.
 CLIENT_REPORT_INTERVAL_SECONDS = 30.0
 
@@ -451,6 +460,8 @@ class SentryTransport(Transport):
         self._backlog = False  # the spool holds envelopes to send before any new one
         self._next_scan = 0.0
         self._resume_at = 0.0  # a rate limit holds the oldest spooled envelope until then
+        self._server_error = 0  # the status of the last answer if it was a 5xx, else 0
+        self._oldest_failures = ("", 0)  # the oldest spooled file's name, its 5xx answers in a row
         self._lost: defaultdict[tuple[str, str], int] = defaultdict(int)  # (category, reason)
         self._last_report = time.monotonic()
         self._report_now = False  # a flush asked for the client report
@@ -460,6 +471,9 @@ class SentryTransport(Transport):
         or unsafe (the spool logs why). Says in the log where the spool is.
 
         If the spool holds envelopes from an earlier run, sending them starts now.
+
+        The spool's directory is checked and looked at here, on the calling thread (at start-up),
+        before the transport's thread can see the spool; from then on only that thread uses it.
         """
         spool.on_drop = self._spool_dropped
         if not spool.prepare():
@@ -469,9 +483,10 @@ class SentryTransport(Transport):
             "persistent volume (SENTRY_SPOOL_DIR).",
             spool.directory,
         )
+        backlog = bool(spool.pending())
         with self._condition:
             self._spool = spool
-            self._backlog = bool(spool.pending())
+            self._backlog = backlog
             if self._backlog and self._pid != os.getpid():
                 self._start()
         return True
@@ -591,9 +606,11 @@ class SentryTransport(Transport):
                         break
                     self._condition.wait(wait)
                 if self._closing:
+                    left = list(self._queue)
+                    self._queue.clear()
                     self._report_now = False
                     self._condition.notify_all()
-                    return
+                    break
                 envelope = self._queue.popleft() if self._queue else None
                 self._busy = True
             try:
@@ -611,6 +628,19 @@ class SentryTransport(Transport):
                 with self._condition:
                     self._busy = False
                     self._condition.notify_all()
+        self._stop(left)
+
+    def _stop(self, left: list[Envelope]) -> None:
+        """At shutdown: keep in the spool the error events still queued."""
+        try:
+            if self._spool is not None:
+                for envelope in left:
+                    categories = tuple(item.data_category for item in envelope.items)
+                    if SPOOLED_CATEGORIES.intersection(categories):
+                        self._keep(envelope, envelope.serialize(), categories)
+                self._spool.report_drops()
+        finally:
+            self._http.close()
 
     def _idle_wait(self) -> float | None:
         """Seconds until there is something to do without a new envelope; None: nothing."""
@@ -723,6 +753,7 @@ class SentryTransport(Transport):
         if len(body) >= COMPRESS_FROM_BYTES:
             body = gzip.compress(body, compresslevel=1)
             headers = {**headers, "Content-Encoding": "gzip"}
+        self._server_error = 0
         try:
             answer = self._http.post(body, headers)
         except SendError as error:
@@ -756,32 +787,70 @@ class SentryTransport(Transport):
                 return
             spool.enforce_limits()
             pending = spool.pending()
-            for spooled in pending[:SPOOL_BATCH]:
-                if self._closing or self._queue_is_filling() or not self._send_one(spool, spooled):
+            stuck: tuple[Spooled, int] | None = None  # the oldest, skipped, and its last 5xx
+            for index, spooled in enumerate(pending[:SPOOL_BATCH]):
+                if self._closing or self._queue_is_filling():
                     return  # still a backlog: the thread comes back to it
+                outcome = self._send_one(spool, spooled)
+                if stuck is not None and outcome is not None:
+                    if outcome == SENT:  # Sentry takes envelopes, just never that one
+                        self._drop_stuck(spool, *stuck)
+                    else:  # an outage: both are kept, and the count starts again
+                        self._oldest_failures = (stuck[0].name, 0)
+                    stuck = None
+                if outcome in (RETRY, RATE_LIMITED):
+                    if index == 0 and outcome == RETRY and self._count_stuck(spooled):
+                        stuck = (spooled, self._server_error)
+                        continue  # try the next one
+                    return  # still a backlog: the thread comes back to it
+            if stuck is not None:
+                return  # nothing after it to tell whether Sentry is down: it waits
             self._backlog = len(pending) > SPOOL_BATCH
             if not self._backlog:
                 spool.report_drops()
 
-    def _send_one(self, spool: Spool, spooled: Spooled) -> bool:
-        """Send one spooled envelope; False if Sentry did not take it and sending should pause."""
+    def _send_one(self, spool: Spool, spooled: Spooled) -> str | None:
+        """Send one spooled envelope; what became of it (`SENT`, `RETRY`, ...; `RATE_LIMITED` if
+        held by a rate limit), None if there was nothing to send (damaged or gone)."""
         now = time.monotonic()
         if any(self._limited(category, now) for category in spooled.categories):
             limits = self._limits
             self._resume_at = max(
                 limits.get(None, 0.0), *(limits.get(c, 0.0) for c in spooled.categories)
             )
-            return False
+            return RATE_LIMITED
         body = spool.read(spooled)
         if body is None:  # damaged (logged, counted and removed) or gone
-            return True
+            return None
         outcome = self._post(body)
         if outcome in (RETRY, RATE_LIMITED):
-            return False
+            return outcome
         spool.remove(spooled)  # sent, or refused for good (a retry would be refused too)
         if outcome in LOSS_REASONS:
             self._record_body(LOSS_REASONS[outcome], body, spooled.categories)
-        return True
+        return outcome
+
+    def _count_stuck(self, oldest: Spooled) -> bool:
+        """Count a failed send of the oldest spooled file if Sentry answered it (5xx): True once
+        that happened `STUCK_ATTEMPTS` times in a row. No answer at all is not counted."""
+        if not self._server_error:
+            return False
+        name, failures = self._oldest_failures
+        failures = failures + 1 if name == oldest.name else 1
+        self._oldest_failures = (oldest.name, failures)
+        return failures >= STUCK_ATTEMPTS
+
+    def _drop_stuck(self, spool: Spool, stuck: Spooled, status: int) -> None:
+        spool.remove(stuck)
+        self._oldest_failures = ("", 0)
+        self._record_body("send_error", None, stuck.categories)
+        logger.warning(
+            "Sentry spool: dropped %s: Sentry answered it with HTTP %d %d times in a row while "
+            "it takes the others, so it would hold them back; reported as lost (send_error).",
+            stuck.name,
+            status,
+            STUCK_ATTEMPTS,
+        )
 
     def _queue_is_filling(self) -> bool:
         return len(self._queue) >= self._capacity // 2
@@ -801,6 +870,7 @@ class SentryTransport(Transport):
             self._report_outage("rate limited: HTTP 429")
             return RATE_LIMITED
         if answer.status >= 500:
+            self._server_error = answer.status
             self._failed(f"HTTP {answer.status}")
             return RETRY
         if answer.status >= 300 or answer.status < 200:
@@ -862,18 +932,17 @@ class SentryTransport(Transport):
             self._report_outage(f"{unsent} events still unsent after waiting {timeout:g} s")
 
     def kill(self) -> None:
+        """Stop the thread: it writes what is still queued to the spool, and closes the
+        connection. Waits for it up to `SHUTDOWN_JOIN_SECONDS`; a send that takes longer is left
+        to finish (or to end with the process: the thread is a daemon)."""
         with self._condition:
             self._closing = True
-            left = list(self._queue) if self._pid == os.getpid() else []
-            self._queue.clear()
             self._condition.notify_all()
-        if self._spool is not None:  # what is still queued survives the process
-            for envelope in left:
-                categories = tuple(item.data_category for item in envelope.items)
-                if SPOOLED_CATEGORIES.intersection(categories):
-                    self._keep(envelope, envelope.serialize(), categories)
-            self._spool.report_drops()
-        self._http.close()
+            thread = self._thread if self._pid == os.getpid() else None
+        if thread is None:  # never started in this process: nothing queued here
+            self._http.close()
+        elif thread is not threading.current_thread():
+            thread.join(SHUTDOWN_JOIN_SECONDS)
 
     def is_healthy(self) -> bool:
         return not self._failing and len(self._queue) < self._capacity

@@ -3,13 +3,18 @@
 When Sentry cannot be reached, answers 5xx or says to slow down, the transport
 (delivery.py) writes error envelopes here instead of dropping them, and sends them,
 oldest first, once Sentry answers again: later in the same process, or after a restart, or from
-another worker of the same service that shares the directory. Only the transport's background
-thread touches the disk; a request never waits for it.
+another worker of the same service that shares the directory. `prepare` checks the directory on
+the thread that sets the transport up, before the transport's background thread may use it; from
+then on only that thread touches the disk. A request never waits for it.
 
 The events are scrubbed but real: the directory is this user's alone. It is created 0700 and
 its files 0600, whatever the umask; an existing directory that belongs to another user, or that
-group or others can write to, is refused (one log line says why and what to do), and then there
-is no spool: events are still sent, just not kept. The default directory
+group or others can write to, or a symbolic link in its place, is refused (one log line says why
+and what to do), and then there is no spool: events are still sent, just not kept. `prepare`
+opens the directory it checked, and every later file operation is made relative to that open
+directory, so that the path swapped for another one later cannot redirect the events.
+SENTRY_SPOOL_DIR must name a directory dedicated to the spool: it is made 0700 and filled up to
+the cap; files in it not named as the spool names its own are left alone. The default directory
 (`spool_directory`) is per service and per user in the temp directory, which a container loses
 when it restarts: in a container, set SENTRY_SPOOL_DIR to a directory on a persistent volume.
 
@@ -35,6 +40,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import stat
 import tempfile
 import time
@@ -54,6 +60,9 @@ DROP_LOG_INTERVAL_SECONDS = 60.0
 STALE_TEMPORARY_SECONDS = 300.0
 DIRECTORY_MODE = 0o700
 FILE_MODE = 0o600
+#: The spool's own files: envelopes, and the hidden temporary names they are written under.
+_ENVELOPE_NAME = re.compile(r"\d{20}-\d+-\d+" + re.escape(SUFFIX))
+_TEMPORARY_NAME = re.compile(r"\.(.+)\.tmp")
 #: Why an envelope was dropped, as client reports name it.
 CAP_REASON = "cache_overflow"
 DAMAGED_REASON = "internal_sdk_error"
@@ -77,14 +86,15 @@ class DamagedFileError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Spooled:
-    """One spooled envelope: its file, and the data categories of its items."""
+    """One spooled envelope: its file's name in the spool's directory, and the data categories of
+    its items."""
 
-    path: Path
+    name: str
     categories: tuple[str, ...]
 
 
 class Spool:
-    """See the module's docstring. Used by one thread per process."""
+    """See the module's docstring. `prepare` first, then used by one thread at a time."""
 
     def __init__(
         self,
@@ -105,6 +115,7 @@ class Spool:
         self._size = 0  # this process's estimate; made exact by `enforce_limits`
         self._drop_logged_at = -DROP_LOG_INTERVAL_SECONDS
         self._unlogged_drops = 0
+        self._fd = -1  # the directory `prepare` checked, open for the process's lifetime
 
     def prepare(self) -> bool:
         """Create the directory (0700) if needed, and check that it is this user's alone.
@@ -114,9 +125,9 @@ class Spool:
         try:
             unsafe = self._make_private()
             if unsafe is None:
-                probe = self.directory / f".probe-{os.getpid()}"
-                os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE))
-                probe.unlink()
+                probe = f".probe-{os.getpid()}{SUFFIX}.tmp"
+                os.close(self._open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC))
+                os.unlink(probe, dir_fd=self._fd)
         except OSError as error:
             logger.warning(
                 "Sentry spool directory %s cannot be used (%s): undeliverable events are "
@@ -138,9 +149,10 @@ class Spool:
         return True
 
     def _make_private(self) -> tuple[str, str] | None:
-        """Create the directory 0700 if it is missing; make an existing one of ours 0700.
+        """Create the directory 0700 if it is missing; open it; make an existing one of ours 0700.
 
-        Returns (what is wrong, the fix) if it belongs to another user or others can write it.
+        Returns (what is wrong, the fix) if it is a symbolic link, belongs to another user or
+        others can write it.
         """
         directory = self.directory
         missing = []
@@ -152,24 +164,28 @@ class Spool:
                 path.mkdir(mode=DIRECTORY_MODE)
                 path.chmod(DIRECTORY_MODE)
         directory = self.directory
-        status = directory.stat()
-        if not stat.S_ISDIR(status.st_mode):
-            raise NotADirectoryError(f"{directory} is not a directory")
-        if status.st_uid != os.geteuid():
+        if stat.S_ISLNK(os.lstat(directory).st_mode):
             return (
-                f"it belongs to uid {status.st_uid}, not to this process's user "
-                f"(uid {os.geteuid()}), so its owner could read the events or plant some",
-                f"remove it (or chown it to uid {os.geteuid()})",
+                f"it is a symbolic link (to {directory.readlink()}), which another user may "
+                "have planted to make the events go where they choose",
+                f"rm {directory}",
             )
-        mode = stat.S_IMODE(status.st_mode)
-        if mode & (stat.S_IWGRP | stat.S_IWOTH):
-            return (
-                f"group or other users can write to it (mode {mode:04o})",
-                f"chmod 700 {directory}",
-            )
-        if mode != DIRECTORY_MODE:  # ours, but others could read the events in it
-            directory.chmod(DIRECTORY_MODE)
-        return None
+        # O_NOFOLLOW: a link swapped in since the check above fails here (ELOOP), it is not used.
+        descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            unsafe = _unsafe(directory, os.fstat(descriptor))
+            if unsafe is None:
+                os.fchmod(descriptor, DIRECTORY_MODE)  # ours, but others could read the events
+                # Kept; the one of an earlier `prepare`, if any, is closed instead.
+                descriptor, self._fd = self._fd, descriptor
+        finally:
+            if descriptor >= 0:
+                os.close(descriptor)
+        return unsafe
+
+    def _open(self, name: str, flags: int) -> int:
+        """Open a file of the spool's directory (never a symbolic link), 0600 if it is created."""
+        return os.open(name, flags | os.O_NOFOLLOW, FILE_MODE, dir_fd=self._fd)
 
     # ---- writing --------------------------------------------------------------------------
 
@@ -183,13 +199,13 @@ class Spool:
             zlib.crc32(body),
             ",".join(categories).encode("ascii", "replace"),
         )
-        temporary = self.directory / f".{name}.tmp"
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        temporary = f".{name}.tmp"
+        descriptor = self._open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         with os.fdopen(descriptor, "wb") as file:
             os.fchmod(descriptor, FILE_MODE)  # whatever the umask
             file.write(header)
             file.write(body)
-        temporary.rename(self.directory / name)
+        os.rename(temporary, name, src_dir_fd=self._fd, dst_dir_fd=self._fd)
         self._size += len(header) + len(body)
         if self._size > self.max_bytes:
             self.enforce_limits()
@@ -199,46 +215,44 @@ class Spool:
     def pending(self) -> list[Spooled]:
         """The spooled envelopes, oldest first (headers read, bodies not)."""
         found = []
-        for path in self._files():
+        for name in self._files():
             try:
-                categories = _read_header(path)[2]
+                categories = self._read_header(name)[2]
             except FileNotFoundError:
                 continue  # delivered or dropped by another process meanwhile
             except (OSError, DamagedFileError) as error:
-                self._discard_damaged(path, error)
+                self._discard_damaged(name, error)
                 continue
-            found.append(Spooled(path, categories))
+            found.append(Spooled(name, categories))
         return found
 
     def read(self, spooled: Spooled) -> bytes | None:
         """The envelope in `spooled`, or None if it is gone or damaged (then removed)."""
         try:
-            length, checksum, _ = _read_header(spooled.path)
-            with spooled.path.open("rb") as file:
-                file.readline()
-                body = file.read()
+            length, checksum, _ = self._read_header(spooled.name)
+            body = self._read_body(spooled.name)
         except FileNotFoundError:
             return None
         except (OSError, DamagedFileError) as error:
-            self._discard_damaged(spooled.path, error)
+            self._discard_damaged(spooled.name, error)
             return None
         if len(body) != length or zlib.crc32(body) != checksum:
-            self._discard_damaged(spooled.path, DamagedFileError("length or checksum differs"))
+            self._discard_damaged(spooled.name, DamagedFileError("length or checksum differs"))
             return None
         return body
 
     def remove(self, spooled: Spooled) -> None:
         """Forget a delivered envelope."""
         with contextlib.suppress(FileNotFoundError):
-            size = spooled.path.stat().st_size
-            spooled.path.unlink()
+            size = self._stat(spooled.name).st_size
+            os.unlink(spooled.name, dir_fd=self._fd)
             self._size = max(0, self._size - size)
 
     @contextlib.contextmanager
     def delivering(self) -> Iterator[bool]:
         """Hold the spool's delivery lock while inside; yields False if another process holds it."""
         try:
-            descriptor = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, FILE_MODE)
+            descriptor = self._open(LOCK_NAME, os.O_RDWR | os.O_CREAT)
         except OSError:
             yield False
             return
@@ -257,57 +271,83 @@ class Spool:
     def enforce_limits(self) -> None:
         """Remove files past the age cap, then the oldest until the size cap holds."""
         now = time.time()
-        sized: list[tuple[Path, int]] = []
-        for path in self._files(temporary=True):
+        sized: list[tuple[str, int]] = []
+        for name in self._files(temporary=True):
             try:
-                stat = path.stat()
+                status = self._stat(name)
             except FileNotFoundError:
                 continue
-            if path.name.startswith("."):
-                if now - stat.st_mtime > STALE_TEMPORARY_SECONDS:
+            if name.startswith("."):
+                if now - status.st_mtime > STALE_TEMPORARY_SECONDS:
                     with contextlib.suppress(FileNotFoundError):
-                        path.unlink()
+                        os.unlink(name, dir_fd=self._fd)
                 continue
-            if now - _spooled_at(path, stat.st_mtime) > self.max_age_seconds:
-                if self._drop(path):
+            if now - _spooled_at(name, status.st_mtime) > self.max_age_seconds:
+                if self._drop(name):
                     self.dropped_for_age += 1
                 continue
-            sized.append((path, stat.st_size))
+            sized.append((name, status.st_size))
         total = sum(size for _, size in sized)
         # Over the cap, down to 90% of it: the next writes need not scan the directory again.
         target = self.max_bytes if total <= self.max_bytes else int(self.max_bytes * 0.9)
-        for path, size in sized:  # oldest first
+        for name, size in sized:  # oldest first
             if total <= target:
                 break
             total -= size
-            if self._drop(path):
+            if self._drop(name):
                 self.dropped_for_size += 1
         self._size = total
         self._log_drops()
 
     # ---- helpers --------------------------------------------------------------------------
 
-    def _files(self, *, temporary: bool = False) -> list[Path]:
+    def _files(self, *, temporary: bool = False) -> list[str]:
+        """The names of the spool's envelopes, oldest first; with `temporary`, of its temporary
+        files too (`.<an envelope's name>.tmp`). Other files are not the spool's: left alone."""
         try:
-            paths = sorted(self.directory.iterdir())
+            names = sorted(os.listdir(self._fd))  # noqa: PTH208 - the open directory, not a path
         except OSError:
             return []
-        return [
-            path
-            for path in paths
-            if path.name.endswith(SUFFIX) or (temporary and path.name.endswith(".tmp"))
-        ]
+        found = []
+        for name in names:
+            hidden = _TEMPORARY_NAME.fullmatch(name)
+            if _ENVELOPE_NAME.fullmatch(name) or (
+                temporary and hidden and _ENVELOPE_NAME.fullmatch(hidden[1])
+            ):
+                found.append(name)
+        return found
 
-    def _drop(self, path: Path) -> bool:
+    def _stat(self, name: str) -> os.stat_result:
+        return os.stat(name, dir_fd=self._fd, follow_symlinks=False)
+
+    def _read_header(self, name: str) -> tuple[int, int, tuple[str, ...]]:
+        with os.fdopen(self._open(name, os.O_RDONLY), "rb") as file:
+            line = file.readline(256)
+        fields = line.rstrip(b"\n").split(b" ")
+        if not line.endswith(b"\n") or len(fields) != 4 or fields[0] != _MAGIC:
+            raise DamagedFileError("no spool header")
+        try:
+            length, checksum = int(fields[1]), int(fields[2])
+        except ValueError:
+            raise DamagedFileError("bad spool header") from None
+        categories = tuple(c for c in fields[3].decode("ascii", "replace").split(",") if c)
+        return length, checksum, categories
+
+    def _read_body(self, name: str) -> bytes:
+        with os.fdopen(self._open(name, os.O_RDONLY), "rb") as file:
+            file.readline(256)
+            return file.read()
+
+    def _drop(self, name: str) -> bool:
         """Remove a file past a cap; tell `on_drop`. False if another process got there first."""
         categories: tuple[str, ...] = ()
         body = None
         if self.on_drop is not None:
             with contextlib.suppress(OSError, DamagedFileError):
-                categories = _read_header(path)[2]
-                body = _read_body(path)
+                categories = self._read_header(name)[2]
+                body = self._read_body(name)
         try:
-            path.unlink()
+            os.unlink(name, dir_fd=self._fd)
         except FileNotFoundError:
             return False
         self._unlogged_drops += 1
@@ -336,41 +376,38 @@ class Spool:
             )
             self._unlogged_drops = 0
 
-    def _discard_damaged(self, path: Path, error: Exception) -> None:
+    def _discard_damaged(self, name: str, error: Exception) -> None:
         self.damaged += 1
-        logger.warning("Sentry spool: skipped damaged file %s (%s).", path.name, error)
+        logger.warning("Sentry spool: skipped damaged file %s (%s).", name, error)
         categories: tuple[str, ...] = ()
         with contextlib.suppress(OSError, DamagedFileError):
-            categories = _read_header(path)[2]
+            categories = self._read_header(name)[2]
         with contextlib.suppress(OSError):
-            path.unlink()
+            os.unlink(name, dir_fd=self._fd)
         if self.on_drop is not None:
             self.on_drop(DAMAGED_REASON, categories, None)
 
 
-def _read_header(path: Path) -> tuple[int, int, tuple[str, ...]]:
-    with path.open("rb") as file:
-        line = file.readline(256)
-    fields = line.rstrip(b"\n").split(b" ")
-    if not line.endswith(b"\n") or len(fields) != 4 or fields[0] != _MAGIC:
-        raise DamagedFileError("no spool header")
-    try:
-        length, checksum = int(fields[1]), int(fields[2])
-    except ValueError:
-        raise DamagedFileError("bad spool header") from None
-    categories = tuple(c for c in fields[3].decode("ascii", "replace").split(",") if c)
-    return length, checksum, categories
+def _unsafe(directory: Path, status: os.stat_result) -> tuple[str, str] | None:
+    """(What is wrong, the fix) if the directory of `status` is not this user's alone."""
+    if status.st_uid != os.geteuid():
+        return (
+            f"it belongs to uid {status.st_uid}, not to this process's user "
+            f"(uid {os.geteuid()}), so its owner could read the events or plant some",
+            f"remove it (or chown it to uid {os.geteuid()})",
+        )
+    mode = stat.S_IMODE(status.st_mode)
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return (
+            f"group or other users can write to it (mode {mode:04o})",
+            f"chmod 700 {directory}",
+        )
+    return None
 
 
-def _read_body(path: Path) -> bytes:
-    with path.open("rb") as file:
-        file.readline(256)
-        return file.read()
-
-
-def _spooled_at(path: Path, fallback: float) -> float:
+def _spooled_at(name: str, fallback: float) -> float:
     """When the file was spooled, from its name (seconds since the epoch)."""
     try:
-        return int(path.name.split("-", 1)[0]) / 1e9
+        return int(name.split("-", 1)[0]) / 1e9
     except ValueError:
         return fallback

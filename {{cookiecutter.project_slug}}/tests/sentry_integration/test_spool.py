@@ -19,10 +19,11 @@ import pytest
 from sentry_sdk.envelope import Envelope
 
 from app.sentry_integration import delivery
-from app.sentry_integration.spool import Spool, spool_directory
+from app.sentry_integration.spool import STALE_TEMPORARY_SECONDS, Spool, spool_directory
 from tests.sentry_integration.conftest import (
     DROP,
     FakeSentry,
+    Received,
     Reply,
     TransportFactory,
     wait_for,
@@ -419,3 +420,190 @@ def test_an_unusable_directory_turns_the_spool_off_with_a_message(
     assert not transport.use_spool(_spool(blocked / "spool"))
     messages = _log_lines(caplog)
     assert len(messages) == 1 and "SENTRY_SPOOL_DIR" in messages[0], messages
+
+
+def test_a_symbolic_link_in_place_of_the_directory_is_refused_and_its_target_left_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another user of a shared /tmp could plant the default path as a link to a directory of
+    theirs (or of ours): the spool must not chmod the link's target nor write into it."""
+    target = tmp_path / "somewhere"
+    target.mkdir()
+    target.chmod(0o755)
+    link = tmp_path / "spool"
+    link.symlink_to(target)
+    caplog.set_level(logging.INFO, logger="app.sentry")
+    assert not _spool(link).prepare()
+    (line,) = _log_lines(caplog)
+    assert f"Sentry spool directory {link} is not safe to use: it is a symbolic link" in line
+    assert f"rm {link}" in line and "SENTRY_SPOOL_DIR" in line, line
+    assert target.stat().st_mode & 0o777 == 0o755, "the link's target was chmodded"
+    assert not list(target.iterdir()), "something was written through the link"
+
+
+def test_swapping_the_directory_after_start_up_does_not_redirect_the_spool(tmp_path: Path) -> None:
+    """Once prepared, the spool keeps using the directory it checked, whatever the path becomes."""
+    checked = tmp_path / "spool"
+    spool = _spool(checked)
+    assert spool.prepare()
+    moved, elsewhere = tmp_path / "moved", tmp_path / "elsewhere"
+    checked.rename(moved)
+    elsewhere.mkdir()
+    checked.symlink_to(elsewhere)
+    spool.put(_event(1).serialize(), ("error",))
+    with spool.delivering() as ours:
+        assert ours
+    spool.enforce_limits()
+    assert not list(elsewhere.iterdir()), "a write followed the swapped path"
+    assert len(_files(moved)) == 1 and _body_numbers(spool) == [1]
+
+
+def test_only_the_spools_own_files_are_picked_up_or_cleaned(spool_dir: Path) -> None:
+    """The directory should be the spool's alone, but a stray file of someone else's is left be."""
+    spool = _spool(spool_dir)
+    assert spool.prepare()
+    spool.put(_event(1).serialize(), ("error",))
+    ours = spool_dir / f".{'1' * 20}-1-00000001.envelope.tmp"  # left by a writer that died
+    theirs = [spool_dir / name for name in ("notes.tmp", ".draft.tmp", "README.envelope")]
+    stale = time.time() - STALE_TEMPORARY_SECONDS - 60
+    for path in (ours, *theirs):
+        path.write_bytes(b"x")
+        os.utime(path, (stale, stale))
+    spool.enforce_limits()
+    assert _body_numbers(spool) == [1]
+    assert not ours.exists(), "a stale temporary file of the spool's was left"
+    assert all(path.exists() for path in theirs), [p.name for p in theirs if not p.exists()]
+
+
+# ---- an envelope Sentry never takes ------------------------------------------------------------
+
+
+def _poison() -> Envelope:
+    """An event numbered 0 that, with `_answer_poison`, Sentry always answers with `reply`."""
+    envelope = Envelope()
+    envelope.add_event({"message": "event 0 poison", "event_id": "f" * 32})
+    return envelope
+
+
+def _answer_poison(
+    fake_sentry: FakeSentry, monkeypatch: pytest.MonkeyPatch, reply: Reply | None
+) -> None:
+    record = fake_sentry._record
+
+    def answer(received: Received) -> Reply | None:
+        scripted = record(received)
+        return reply if b"poison" in received.body else scripted
+
+    monkeypatch.setattr(fake_sentry, "_record", answer)
+
+
+def _spool_ahead(spool_dir: Path, *envelopes: Envelope) -> None:
+    spool = _spool(spool_dir)
+    assert spool.prepare()
+    for envelope in envelopes:
+        spool.put(envelope.serialize(), ("error",))
+
+
+@pytest.mark.usefixtures("no_backoff")
+def test_an_envelope_sentry_always_answers_5xx_for_does_not_block_the_rest(
+    fake_sentry: FakeSentry,
+    new_transport: TransportFactory,
+    spool_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _answer_poison(fake_sentry, monkeypatch, Reply(500))
+    _spool_ahead(spool_dir, _poison(), _event(1), _event(2))
+    poison = _files(spool_dir)[0].name
+    caplog.set_level(logging.INFO, logger="app.sentry")
+    transport = new_transport(fake_sentry.dsn)
+    assert transport.use_spool(_spool(spool_dir))
+    wait_for(lambda: not _files(spool_dir))
+    assert _numbers(fake_sentry) == [0, 0, 0, 1, 2]
+    transport.flush(2)
+    assert fake_sentry.discarded() == {("send_error", "error"): 1}
+    (line,) = [line for line in _log_lines(caplog) if poison in line]
+    assert "HTTP 500" in line and "dropped" in line, line
+
+
+@pytest.mark.usefixtures("no_backoff")
+def test_when_the_next_envelope_fails_too_it_is_an_outage_and_both_are_kept(
+    fake_sentry: FakeSentry, new_transport: TransportFactory, spool_dir: Path
+) -> None:
+    fake_sentry.answer(*[Reply(500)] * 4)  # the first three times, then the next one: an outage
+    _spool_ahead(spool_dir, _event(1), _event(2))
+    transport = new_transport(fake_sentry.dsn)
+    assert transport.use_spool(_spool(spool_dir))
+    wait_for(lambda: not _files(spool_dir))
+    assert _numbers(fake_sentry)[-2:] == [1, 2], _numbers(fake_sentry)
+    transport.flush(2)
+    assert ("send_error", "error") not in fake_sentry.discarded()
+
+
+@pytest.mark.usefixtures("no_backoff")
+def test_connection_errors_never_make_an_envelope_a_suspect(
+    fake_sentry: FakeSentry,
+    new_transport: TransportFactory,
+    spool_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _answer_poison(fake_sentry, monkeypatch, DROP)  # no answer is not the server's verdict
+    _spool_ahead(spool_dir, _poison(), _event(1))
+    transport = new_transport(fake_sentry.dsn)
+    assert transport.use_spool(_spool(spool_dir))
+    wait_for(lambda: len(fake_sentry.received) >= 6)
+    assert set(_numbers(fake_sentry)) == {0}, "sent past the oldest while there was no answer"
+    assert len(_files(spool_dir)) == 2
+
+
+# ---- shutdown ------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("no_backoff")
+def test_at_shutdown_the_transport_thread_keeps_what_is_queued_and_kill_waits_for_it(
+    fake_sentry: FakeSentry,
+    new_transport: TransportFactory,
+    spool_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    threads: set[str] = set()
+    put = Spool.put
+
+    def recording_put(self: Spool, body: bytes, categories: tuple[str, ...]) -> None:
+        threads.add(threading.current_thread().name)
+        put(self, body, categories)
+
+    monkeypatch.setattr(Spool, "put", recording_put)
+    fake_sentry.answer(DROP)
+    fake_sentry.answering.clear()  # the first post hangs: the rest stay queued
+    transport = new_transport(fake_sentry.dsn)
+    assert transport.use_spool(_spool(spool_dir))
+    for number in range(1, 5):
+        transport.capture_envelope(_event(number))
+    wait_for(lambda: fake_sentry.received)
+    threading.Timer(0.2, fake_sentry.answering.set).start()
+    transport.kill()
+    assert len(_files(spool_dir)) == 4, "kill returned before the thread had kept them"
+    assert threads == {"sentry-transport"}, threads
+
+
+def test_kill_waits_a_bounded_time_for_a_stuck_send_and_says_nothing(
+    fake_sentry: FakeSentry,
+    new_transport: TransportFactory,
+    spool_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(delivery, "SHUTDOWN_JOIN_SECONDS", 0.2)
+    fake_sentry.answering.clear()  # the post hangs past the wait
+    transport = new_transport(fake_sentry.dsn)
+    assert transport.use_spool(_spool(spool_dir))
+    transport.capture_envelope(_event(1))
+    wait_for(lambda: fake_sentry.received)
+    caplog.set_level(logging.INFO, logger="app.sentry")
+    caplog.clear()
+    started = time.monotonic()
+    transport.kill()
+    assert time.monotonic() - started < 1.5
+    assert _log_lines(caplog) == []
+    fake_sentry.answering.set()
