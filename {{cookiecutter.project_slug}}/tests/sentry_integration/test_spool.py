@@ -303,12 +303,9 @@ def test_one_process_at_a_time_sends_from_a_shared_spool(
     wait_for(lambda: _numbers(fake_sentry) == [1])
 
 
-def test_disk_work_happens_on_the_transport_thread_only(
-    new_transport: TransportFactory,
-    spool_dir: Path,
-    down_dsn: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def put_threads(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """The names of the threads that write to a spool during the test."""
     threads: set[str] = set()
     put = Spool.put
 
@@ -317,6 +314,16 @@ def test_disk_work_happens_on_the_transport_thread_only(
         put(self, body, categories)
 
     monkeypatch.setattr(Spool, "put", recording_put)
+    return threads
+
+
+def test_disk_work_happens_on_the_transport_thread_only(
+    new_transport: TransportFactory,
+    spool_dir: Path,
+    down_dsn: str,
+    put_threads: set[str],
+) -> None:
+    threads = put_threads
     transport = new_transport(down_dsn)
     assert transport.use_spool(_spool(spool_dir))
     for number in range(5):
@@ -564,16 +571,9 @@ def test_at_shutdown_the_transport_thread_keeps_what_is_queued_and_kill_waits_fo
     fake_sentry: FakeSentry,
     new_transport: TransportFactory,
     spool_dir: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    put_threads: set[str],
 ) -> None:
-    threads: set[str] = set()
-    put = Spool.put
-
-    def recording_put(self: Spool, body: bytes, categories: tuple[str, ...]) -> None:
-        threads.add(threading.current_thread().name)
-        put(self, body, categories)
-
-    monkeypatch.setattr(Spool, "put", recording_put)
+    threads = put_threads
     fake_sentry.answer(DROP)
     fake_sentry.answering.clear()  # the first post hangs: the rest stay queued
     transport = new_transport(fake_sentry.dsn)
