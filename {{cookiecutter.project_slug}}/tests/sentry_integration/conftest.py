@@ -277,18 +277,18 @@ def tls_sentry(tls: Tls) -> Iterator[FakeSentry]:
     server.close()
 
 
-class ConnectProxy:
-    """An HTTP proxy on 127.0.0.1 that tunnels (CONNECT) to 127.0.0.1 only; keeps each request's
-    head in `requests`."""
+class LoopbackServer:
+    """A TCP server on 127.0.0.1 that serves each connection (`_serve`) in a thread of its own and
+    counts them in `connections`."""
 
     def __init__(self) -> None:
-        self.requests: list[bytes] = []
+        self.connections = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+    def port(self) -> int:
+        return int(self._listener.getsockname()[1])
 
     def close(self) -> None:
         self._listener.close()
@@ -299,7 +299,24 @@ class ConnectProxy:
                 connection, _ = self._listener.accept()
             except OSError:
                 return
+            self.connections += 1
             threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class ConnectProxy(LoopbackServer):
+    """An HTTP proxy on 127.0.0.1 that tunnels (CONNECT) to 127.0.0.1 only; keeps each request's
+    head in `requests`."""
+
+    def __init__(self) -> None:
+        self.requests: list[bytes] = []
+        super().__init__()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def _serve(self, connection: socket.socket) -> None:
         with connection, contextlib.suppress(OSError):

@@ -9,7 +9,6 @@ import contextlib
 import logging
 import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +32,7 @@ from tests.sentry_integration.conftest import (
     DROP,
     ConnectProxy,
     FakeSentry,
+    LoopbackServer,
     Reply,
     Tls,
     TransportFactory,
@@ -120,32 +120,14 @@ def test_a_malformed_dsn_is_refused_saying_why(dsn: str, expected: str) -> None:
 # ---- HTTP ----------------------------------------------------------------------------------------
 
 
-class RawServer:
+class RawServer(LoopbackServer):
     """Answers each request on 127.0.0.1 with the next of `answers` (raw bytes; the last one
     repeats), closing the connection after it if its flag says so."""
 
     def __init__(self, answers: list[tuple[bytes, bool]]) -> None:
         self.answers = answers
         self.heads: list[bytes] = []
-        self.connections = 0
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def port(self) -> int:
-        return int(self._listener.getsockname()[1])
-
-    def close(self) -> None:
-        self._listener.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                connection, _ = self._listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+        super().__init__()
 
     def _serve(self, connection: socket.socket) -> None:
         with connection, contextlib.suppress(OSError):

@@ -2,6 +2,7 @@
 
 import logging
 import random
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -60,17 +61,29 @@ def test_only_http_exceptions_and_validation_errors_are_client_errors() -> None:
     assert not events.is_client_error(UpstreamUnauthorizedError())
 
 
+@pytest.fixture
+def break_scrubber(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> Callable[[type[Exception]], None]:
+    """Makes the scrubber raise the given exception (an event shape nobody foresaw); logs kept."""
+
+    def make_it_raise(kind: type[Exception]) -> None:
+        def broken(event: dict[str, Any]) -> dict[str, Any]:
+            raise kind("an event shape nobody foresaw")
+
+        monkeypatch.setattr(events, "scrub_event", broken)
+        caplog.set_level(logging.ERROR, logger="app.sentry")
+
+    return make_it_raise
+
+
 def test_a_failing_scrubber_sends_a_reduced_event_and_says_so_once(
     sentry_settings: Settings,
     transport: CapturingTransport,
-    monkeypatch: pytest.MonkeyPatch,
+    break_scrubber: Callable[[type[Exception]], None],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    def broken(event: dict[str, Any]) -> dict[str, Any]:
-        raise KeyError("a shape nobody foresaw")
-
-    monkeypatch.setattr(events, "scrub_event", broken)
-    caplog.set_level(logging.ERROR, logger="app.sentry")
+    break_scrubber(KeyError)
     with TestClient(_app(sentry_settings, transport), raise_server_exceptions=False) as client:
         for n in (1, 2):
             assert client.get(f"/boom/{n}", headers={"Authorization": "Bearer tok-1"}).status_code
@@ -101,14 +114,10 @@ def test_a_failing_scrubber_sends_a_reduced_event_and_says_so_once(
 def test_a_failing_transaction_scrubber_drops_the_transaction_and_says_so(
     sentry_settings: Settings,
     transport: CapturingTransport,
-    monkeypatch: pytest.MonkeyPatch,
+    break_scrubber: Callable[[type[Exception]], None],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    def broken(event: dict[str, Any]) -> dict[str, Any]:
-        raise TypeError("unexpected span shape")
-
-    monkeypatch.setattr(events, "scrub_event", broken)
-    caplog.set_level(logging.ERROR, logger="app.sentry")
+    break_scrubber(TypeError)
     traced = sentry_settings.model_copy(update={"sentry_traces_sample_rate": 1.0})
     with TestClient(_app(traced, transport)) as client:
         assert client.get("/api/v1/items", headers={}).status_code == 401

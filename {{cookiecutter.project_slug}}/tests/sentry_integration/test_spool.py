@@ -133,17 +133,25 @@ def test_a_restarted_process_sends_what_the_previous_one_kept(
     wait_for(lambda: not _files(spool_dir))  # delivered envelopes are not left in the spool
 
 
-@pytest.mark.usefixtures("no_backoff")
-def test_events_still_queued_at_shutdown_are_kept(
+def _queued_behind_a_hanging_post(
     fake_sentry: FakeSentry, new_transport: TransportFactory, spool_dir: Path
-) -> None:
+) -> delivery.SentryTransport:
+    """A spooling transport whose first post (event 1) hangs, with events 2 to 4 queued."""
     fake_sentry.answer(DROP)
-    fake_sentry.answering.clear()  # the first post hangs: the rest stay queued
+    fake_sentry.answering.clear()
     transport = new_transport(fake_sentry.dsn)
     assert transport.use_spool(_spool(spool_dir))
     for number in range(1, 5):
         transport.capture_envelope(_event(number))
     wait_for(lambda: fake_sentry.received)
+    return transport
+
+
+@pytest.mark.usefixtures("no_backoff")
+def test_events_still_queued_at_shutdown_are_kept(
+    fake_sentry: FakeSentry, new_transport: TransportFactory, spool_dir: Path
+) -> None:
+    transport = _queued_behind_a_hanging_post(fake_sentry, new_transport, spool_dir)
     transport.kill()
     fake_sentry.answering.set()
     wait_for(lambda: len(_files(spool_dir)) == 4)
@@ -574,13 +582,7 @@ def test_at_shutdown_the_transport_thread_keeps_what_is_queued_and_kill_waits_fo
     put_threads: set[str],
 ) -> None:
     threads = put_threads
-    fake_sentry.answer(DROP)
-    fake_sentry.answering.clear()  # the first post hangs: the rest stay queued
-    transport = new_transport(fake_sentry.dsn)
-    assert transport.use_spool(_spool(spool_dir))
-    for number in range(1, 5):
-        transport.capture_envelope(_event(number))
-    wait_for(lambda: fake_sentry.received)
+    transport = _queued_behind_a_hanging_post(fake_sentry, new_transport, spool_dir)
     threading.Timer(0.2, fake_sentry.answering.set).start()
     transport.kill()
     assert len(_files(spool_dir)) == 4, "kill returned before the thread had kept them"
