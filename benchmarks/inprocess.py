@@ -230,6 +230,7 @@ async def measure_routes(app: Any, spec: dict[str, Any], flush: Callable[[], Non
             pace = (flush, spec["flush_every"])
             await run_batch(one, warmup, spec["concurrency"], failures, *pace)
             flush()
+            profiler = Profiler(spec.get("profile"), route)
             cpu, wall = [], []
             for _ in range(spec["batches"]):
                 started_cpu, started_wall = time.process_time(), time.perf_counter()
@@ -237,6 +238,7 @@ async def measure_routes(app: Any, spec: dict[str, Any], flush: Callable[[], Non
                 flush()
                 cpu.append((time.process_time() - started_cpu) / size * 1e6)
                 wall.append((time.perf_counter() - started_wall) / size * 1e6)
+            profiler.stop(size * spec["batches"])
             # A failed request (SQLite's "database is locked" under a loaded machine, say) is
             # reported, not fatal: the driver stops only if more than 1% failed.
             results[route] = {
@@ -248,6 +250,46 @@ async def measure_routes(app: Any, spec: dict[str, Any], flush: Callable[[], Non
                 "failure_sample": failures[:3],
             }
     return results
+
+
+class Profiler:
+    """With --profile: yappi over a route's measured batches, CPU clock, every thread (the
+    transport's sending thread and the thread pool included; cProfile sees only the loop's).
+    Writes the functions that cost most, per request, to the file `path` names. The figures
+    under the profiler are inflated; only their shares mean something."""
+
+    def __init__(self, path: str | None, route: str) -> None:
+        self.path = path.format(route=route.replace("+", "_")) if path else None
+        if self.path:
+            import yappi
+
+            yappi.clear_stats()
+            yappi.set_clock_type("cpu")
+            yappi.start(builtins=True, profile_threads=True)
+
+    def stop(self, requests: int) -> None:
+        if not self.path:
+            return
+        import yappi
+
+        yappi.stop()
+        functions = yappi.get_func_stats()
+        total = sum(stat.tsub for stat in functions)
+        lines = [
+            f"{requests} requests; {total / requests * 1e6:.0f} us of CPU per request under the "
+            "profiler; per request: own = in the function itself, incl = with what it calls",
+            f"{'own us':>8} {'incl us':>8} {'calls/req':>9}  function",
+        ]
+        for key in ("tsub", "ttot"):
+            lines.append(f"-- by {'own' if key == 'tsub' else 'inclusive'} time --")
+            for stat in sorted(functions, key=lambda s: getattr(s, key), reverse=True)[:400]:
+                where = f"{stat.module.split('site-packages/')[-1]}:{stat.lineno}"
+                lines.append(
+                    f"{stat.tsub / requests * 1e6:8.1f} {stat.ttot / requests * 1e6:8.1f} "
+                    f"{stat.ncall / requests:9.2f}  {stat.name}  {where}"
+                )
+        Path(self.path).write_text("\n".join(lines) + "\n")
+        yappi.clear_stats()
 
 
 def child(spec: dict[str, Any]) -> None:
@@ -458,6 +500,9 @@ def run_config(
         # is traced, only the batch's last one with tracing off.
         "flush_every": round(args.flush_every / config.traced) if config.traced else 0,
     }
+    if args.profile:
+        name = config.name.replace(" ", "-").replace("(", "").replace(")", "")
+        spec["profile"] = str(args.profile / f"{name}-{{route}}.txt")
     log = workdir / "child.log"
     with sink(sink_cpus) as (dsn, count):
         env = {**base_env(database, workdir)}
@@ -502,6 +547,13 @@ def run_config(
         data["info"],
         failed,
     )
+
+
+def install_yappi(python: Path) -> None:
+    found = subprocess.run([str(python), "-c", "import yappi"], capture_output=True, check=False)
+    if found.returncode != 0:
+        uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+        subprocess.run([uv, "pip", "install", "--quiet", "--python", str(python), "yappi"], check=True)
 
 
 def git_state() -> str:
@@ -703,6 +755,12 @@ def main() -> int:
         help="where the SQLite files go (default: %(default)s, a tmpfs: on a disk, other "
         "processes' writes stalled commits past SQLite's 5 s lock timeout)",
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="a folder: each configuration's run under yappi writes where its CPU went there, "
+        "one file per route (yappi is installed into the projects' environments)",
+    )
     parser.add_argument("--label", help="what is measured (a commit, say), printed at the top")
     for variant in ("no", "yes"):
         parser.add_argument(f"--project-{variant}", type=Path, help="a baked, installed project")
@@ -745,6 +803,11 @@ def main() -> int:
         paths = bake_from_working_tree()
         print(f"baked from the working tree of {REPO} at {git_state()}")
 
+    if args.profile:
+        args.profile = args.profile.resolve()
+        args.profile.mkdir(parents=True, exist_ok=True)
+        for _, python in paths.values():
+            install_yappi(python)
     workdir = Path(tempfile.mkdtemp(prefix="inprocess-bench-", dir=args.db_dir))
     try:
         measure(args, paths, selected, workdir)

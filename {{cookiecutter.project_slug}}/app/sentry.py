@@ -92,14 +92,20 @@ def init_sentry(settings: Settings, *, transport: "Transport | None" = None) -> 
     except Exception as error:  # anything else: say what, never stop the service
         logger.error("Sentry is off: starting it failed (%s: %s).", type(error).__name__, error)
         return False
+    # Without `debug`, the SDK's logger drops every record it makes, but makes them all first:
+    # one per unsampled transaction.
+    logging.getLogger("sentry_sdk.errors").setLevel(logging.WARNING)
     try:
         from app.sentry_integration.events import attach_log_handlers
+        from app.sentry_integration.queries import instrument_queries
 
         attach_log_handlers(event_level=logging.ERROR, breadcrumb_level=logging.INFO)
+        instrument_queries()
         _use_spool(settings)
-    except Exception as error:  # reporting works; only log events, or the spool, are missing
+    except Exception as error:  # reporting works; log events, queries or the spool are missing
         logger.error(
-            "Sentry is on, but without log events or the spool: setting them up failed (%s: %s).",
+            "Sentry is on, but without log events, query breadcrumbs and spans, or the spool: "
+            "setting them up failed (%s: %s).",
             type(error).__name__,
             error,
         )
@@ -143,6 +149,7 @@ def _options(settings: Settings, dsn: str, transport: "Transport | None") -> dic
     from sentry_sdk.integrations.argv import ArgvIntegration
     from sentry_sdk.integrations.fastapi import FastApiIntegration
     from sentry_sdk.integrations.logging import LoggingIntegration, ignore_logger
+    from sentry_sdk.integrations.sqlalchemy import SqlalchemyIntegration
     from sentry_sdk.integrations.starlette import StarletteIntegration
 
     from app.sentry_integration.delivery import SentryTransport
@@ -167,16 +174,21 @@ def _options(settings: Settings, dsn: str, transport: "Transport | None") -> dic
         "profile_lifecycle": "trace",
         # Its handlers are attached by `attach_log_handlers` instead, with a filter.
         "integrations": [LoggingIntegration(level=None, event_level=None)],
-        # Their per-request work is done by app/sentry_integration/request.py, at a fraction of
-        # the cost. Argv would attach the command line (which may hold secrets) to every event.
-        "disabled_integrations": [StarletteIntegration, FastApiIntegration, ArgvIntegration],
+        # Their per-request and per-query work is done by app/sentry_integration/request.py and
+        # queries.py, at a fraction of the cost. Argv would attach the command line (which may
+        # hold secrets) to every event.
+        "disabled_integrations": [
+            StarletteIntegration,
+            FastApiIntegration,
+            SqlalchemyIntegration,
+            ArgvIntegration,
+        ],
         "in_app_include": ["app"],
         # Added back for in-app frames only, in before_send: app/sentry_integration/frames.py.
         "include_local_variables": False,
         "include_source_context": False,
         "before_send": hooks.before_send,
         "before_send_transaction": hooks.before_send_transaction,
-        "before_breadcrumb": hooks.before_breadcrumb,
         "ca_certs": settings.sentry_ca_certs.strip() or None,
         "transport": transport or SentryTransport,
         "shutdown_timeout": SHUTDOWN_FLUSH_SECONDS,

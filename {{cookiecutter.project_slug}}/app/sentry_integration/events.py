@@ -16,7 +16,8 @@ Every error event passes `EventHooks.before_send`, in this order:
 If any step fails (a bug, or an event shape nobody foresaw), the event is not lost and nothing
 unscrubbed is sent: a reduced event goes instead (`privacy.reduced_event`: the exception's type,
 its scrubbed message and a stack without locals or request), and the log says so once.
-Transactions and breadcrumbs are scrubbed the same way; one that cannot be is dropped and logged.
+Transactions are scrubbed the same way; one that cannot be is dropped and logged. Breadcrumbs
+are taken as they are, at no cost, and scrubbed with the event that carries them, if one is sent.
 """
 
 import contextlib
@@ -33,7 +34,7 @@ from starlette.exceptions import HTTPException
 
 from app.sentry_integration.flood import FloodGate, issue_key
 from app.sentry_integration.frames import add_app_frame_detail
-from app.sentry_integration.privacy import reduced_event, scrub_breadcrumb, scrub_event
+from app.sentry_integration.privacy import reduced_event, scrub_event
 
 if TYPE_CHECKING:
     from sentry_sdk.types import Event, Hint
@@ -72,7 +73,7 @@ def is_client_error(error: BaseException | None) -> bool:
 
 
 class EventHooks:
-    """The SDK's `before_send`, `before_send_transaction` and `before_breadcrumb` hooks."""
+    """The SDK's `before_send` and `before_send_transaction` hooks."""
 
     def __init__(self, flood: FloodGate) -> None:
         self.flood = flood
@@ -93,10 +94,6 @@ class EventHooks:
 
     def before_send_transaction(self, event: "Event", hint: "Hint") -> "Event | None":
         scrubbed: Event | None = self._scrubbed("transaction", scrub_event, event)
-        return scrubbed
-
-    def before_breadcrumb(self, crumb: dict[str, Any], hint: "Hint") -> dict[str, Any] | None:
-        scrubbed: dict[str, Any] | None = self._scrubbed("breadcrumb", scrub_breadcrumb, crumb)
         return scrubbed
 
     def _filter_and_enrich(self, event: "Event", hint: "Hint") -> "Event | None":

@@ -1,7 +1,7 @@
 """What must never leave the process in an error report, and the scrubber that enforces it.
 
-Everything Sentry would send (errors, transactions, breadcrumbs) passes through `scrub_event` or
-`scrub_breadcrumb` first. Two rules, applied at any depth:
+Everything Sentry would send (errors with their breadcrumbs, transactions) passes through
+`scrub_event` first. Two rules, applied at any depth:
 
 1. A value whose key *contains* one of `SENSITIVE_KEY_PARTS` is replaced with `FILTERED`. This
    covers headers (`Authorization`, `X-Api-Key`), cookies, query parameters, JSON and form fields
@@ -308,11 +308,6 @@ def _scrub_span(span: Any) -> Any:
         return scrub(span)
     scrubbed: dict[str, Any] = scrub({k: v for k, v in span.items() if k not in _SDK_SPAN_FIELDS})
     scrubbed.update((key, span[key]) for key in _SDK_SPAN_FIELDS if key in span)
-    return scrubbed
-
-
-def scrub_breadcrumb(crumb: dict[str, Any]) -> dict[str, Any]:
-    scrubbed: dict[str, Any] = scrub(crumb)
     return scrubbed
 
 
