@@ -100,12 +100,13 @@ def init_sentry(settings: Settings, *, transport: "Transport | None" = None) -> 
         from app.sentry_integration.queries import instrument_queries
 
         attach_log_handlers(event_level=logging.ERROR, breadcrumb_level=logging.INFO)
-        instrument_queries()
+        if settings.sentry_traces_sample_rate > 0:
+            instrument_queries()
         _use_spool(settings)
-    except Exception as error:  # reporting works; log events, queries or the spool are missing
+    except Exception as error:  # reporting works; log events, query spans or the spool are missing
         logger.error(
-            "Sentry is on, but without log events, query breadcrumbs and spans, or the spool: "
-            "setting them up failed (%s: %s).",
+            "Sentry is on, but without log events, query spans or the spool: setting them up "
+            "failed (%s: %s).",
             type(error).__name__,
             error,
         )

@@ -23,7 +23,6 @@ import contextvars
 import json
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -31,7 +30,6 @@ import sentry_sdk
 from sentry_sdk.integrations.asyncio import enable_asyncio_integration
 
 from app.sentry_integration.events import is_client_error, mark_unhandled, was_reported
-from app.sentry_integration.queries import Queries, query_breadcrumbs, record_queries
 
 if TYPE_CHECKING:
     from sentry_sdk.types import Event, Hint
@@ -48,8 +46,6 @@ _BODY_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
 _TRACE_HEADERS = frozenset({b"sentry-trace", b"baggage"})
 #: How much of a request body is kept for error reports (the SDK's "medium").
 MAX_BODY_BYTES = 10_000
-#: The SDK's default `max_breadcrumbs`.
-MAX_BREADCRUMBS = 100
 _FORM = "application/x-www-form-urlencoded"
 _ORIGIN = "auto.http.asgi"
 
@@ -82,7 +78,7 @@ class SentryMiddleware:
             sentry_scope.clear_breadcrumbs()  # nor the server's start-up log lines
             body = _BodyCopy(receive) if has_body and kind == "http" else None
             receive = body.receive if body is not None else receive
-            sentry_scope.add_event_processor(_request_processor(scope, body, record_queries()))
+            sentry_scope.add_event_processor(_request_processor(scope, body))
             if not self.tracing or kind != "http":
                 # The trace without a transaction object: a new one, or the caller's.
                 if incoming:
@@ -269,9 +265,8 @@ class _BodyCopy:
         return b"".join(self._chunks)
 
 
-def _request_processor(scope: Scope, body: _BodyCopy | None, queries: Queries) -> EventProcessor:
-    """An event processor that adds the request, and its queries as breadcrumbs, to events of
-    this request, built only then."""
+def _request_processor(scope: Scope, body: _BodyCopy | None) -> EventProcessor:
+    """An event processor that adds the request to events of this request, built only then."""
 
     def add_request(event: "Event", hint: "Hint") -> "Event":
         if event.get("type") == "transaction":  # the name says enough; keep traces cheap
@@ -294,8 +289,6 @@ def _request_processor(scope: Scope, body: _BodyCopy | None, queries: Queries) -
         if data is not None:
             request["data"] = data
         event.setdefault("request", request)
-        if queries:
-            _add_breadcrumbs(event, query_breadcrumbs(queries))
         route = _route_template(scope)
         if route is not None:
             event["transaction"] = route
@@ -303,22 +296,6 @@ def _request_processor(scope: Scope, body: _BodyCopy | None, queries: Queries) -
         return event
 
     return add_request
-
-
-def _add_breadcrumbs(event: "Event", added: list[dict[str, Any]]) -> None:
-    """Merge `added` into the event's breadcrumbs in time order, keeping the latest 100."""
-    crumbs = event.get("breadcrumbs")
-    values = crumbs.get("values") if isinstance(crumbs, dict) else None
-    merged = [*(values if isinstance(values, list) else []), *added]
-    merged.sort(key=_when)
-    event["breadcrumbs"] = {"values": merged[-MAX_BREADCRUMBS:]}
-
-
-def _when(crumb: dict[str, Any]) -> float:
-    at = crumb.get("timestamp")
-    if isinstance(at, datetime):
-        return at.timestamp()
-    return float(at) if isinstance(at, int | float) else 0.0
 
 
 def _url(scope: Scope, host: str) -> str:
