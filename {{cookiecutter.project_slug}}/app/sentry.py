@@ -218,7 +218,11 @@ def instrument_app(app: FastAPI, settings: Settings) -> None:
         return
     from app.sentry_integration.request import SentryMiddleware
 
-    app.add_middleware(SentryMiddleware, tracing=_state["tracing"], untraced_paths=UNTRACED_PATHS)
+    app.add_middleware(
+        SentryMiddleware,
+        traces_rate=settings.sentry_traces_sample_rate,
+        untraced_paths=UNTRACED_PATHS,
+    )
 
 
 @asynccontextmanager

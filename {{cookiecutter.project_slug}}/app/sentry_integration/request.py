@@ -21,6 +21,7 @@ exception) is reported when that answer starts. Only `sentry_sdk`'s public API i
 import asyncio
 import contextvars
 import json
+import random
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
@@ -53,9 +54,9 @@ _ORIGIN = "auto.http.asgi"
 class SentryMiddleware:
     """Wraps the app; see the module's docstring. Requests to `untraced_paths` get only a scope."""
 
-    def __init__(self, app: ASGIApp, *, tracing: bool, untraced_paths: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, *, traces_rate: float, untraced_paths: frozenset[str]) -> None:
         self.app = app
-        self.tracing = tracing
+        self.traces_rate = traces_rate
         self.untraced_paths = untraced_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -79,8 +80,18 @@ class SentryMiddleware:
             body = _BodyCopy(receive) if has_body and kind == "http" else None
             receive = body.receive if body is not None else receive
             sentry_scope.add_event_processor(_request_processor(scope, body))
-            if not self.tracing or kind != "http":
-                # The trace without a transaction object: a new one, or the caller's.
+            # A new trace is sampled here, before any transaction object exists (an unsampled
+            # one cost as much again as the rest); a caller's trace is continued and sampled by
+            # the SDK, with `traces_sampler`.
+            sampled: bool | None = False
+            if self.traces_rate and kind == "http":
+                if "sentry-trace" in incoming:
+                    sampled = None
+                elif random.random() < self.traces_rate:  # noqa: S311 - sampling, not secrets
+                    sampled = True
+                else:
+                    _record_unsampled()
+            if sampled is False:  # the trace without a transaction: a new one, or the caller's
                 if incoming:
                     sentry_scope.generate_propagation_context(incoming)
                 else:
@@ -90,9 +101,13 @@ class SentryMiddleware:
             transaction = sentry_sdk.continue_trace(
                 incoming, op="http.server", name=scope["path"], source="url", origin=_ORIGIN
             )
+            if sampled:
+                transaction.sampled = True
             with sentry_sdk.start_transaction(
                 transaction, custom_sampling_context={"asgi_scope": scope}
             ) as started:
+                if sampled:  # the rate that applied, which Sentry scales its counts by
+                    transaction.sample_rate = self.traces_rate
                 started.set_data("http.request.method", scope.get("method"))
                 try:
                     await self._serve(scope, receive, send, started)
@@ -118,6 +133,14 @@ class SentryMiddleware:
                 span.set_http_status(500)
             _capture_later(error)
             raise
+
+
+def _record_unsampled() -> None:
+    """Count a request that was not sampled as the SDK does, for Sentry's statistics."""
+    transport = sentry_sdk.get_client().transport
+    if transport is not None:
+        transport.record_lost_event("sample_rate", data_category="transaction")
+        transport.record_lost_event("sample_rate", data_category="span")
 
 
 def _report_handled_server_error() -> None:
