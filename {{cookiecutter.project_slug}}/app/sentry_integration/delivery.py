@@ -40,6 +40,7 @@ and `Envelope`/`Item`/`PayloadRef`. The DSN is parsed here, from its documented 
 
 import contextlib
 import gzip
+import http.client
 import logging
 import os
 import socket
@@ -254,6 +255,41 @@ def _redacted(url: str) -> str:
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
+#: http.client's own `putrequest`, taken before `sentry_sdk.init` wraps it (this module is imported
+#: first). The SDK's stdlib integration wraps it to record a span and a breadcrumb for every
+#: outgoing request, and takes the transport's own requests for the app's when the DSN names a
+#: port: a third of the CPU of sending a transaction. The transport's connections use this one.
+_PLAIN_PUTREQUEST = http.client.HTTPConnection.putrequest
+if _PLAIN_PUTREQUEST.__module__ != "http.client":  # wrapped already: use it as it is
+    _PLAIN_PUTREQUEST = None  # type: ignore[assignment]
+
+
+class _Connection(urllib3.connection.HTTPConnection):
+    def putrequest(
+        self,
+        method: str,
+        url: str,
+        skip_host: bool = False,
+        skip_accept_encoding: bool = False,
+    ) -> None:
+        if _PLAIN_PUTREQUEST is None:
+            super().putrequest(method, url, skip_host, skip_accept_encoding)
+        else:
+            _PLAIN_PUTREQUEST(self, method, url, skip_host, skip_accept_encoding)
+
+
+class _TlsConnection(urllib3.connection.HTTPSConnection):
+    putrequest = _Connection.putrequest
+
+
+class _Pool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _Connection
+
+
+class _TlsPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _TlsConnection
+
+
 class HttpClient:
     """POSTs to the DSN's envelope endpoint, directly or through the configured proxy.
 
@@ -283,6 +319,8 @@ class HttpClient:
         if endpoint.scheme == "https":
             settings["ssl_context"] = tls_context(options)
         self._pool = self._pool_manager(proxy, options, settings)
+        if type(self._pool) in (urllib3.PoolManager, urllib3.ProxyManager):  # not SOCKS
+            self._pool.pool_classes_by_scheme = {"http": _Pool, "https": _TlsPool}
 
     def _pool_manager(
         self, proxy: str | None, options: Mapping[str, Any], settings: dict[str, Any]

@@ -263,6 +263,39 @@ def test_envelopes_go_to_the_envelope_endpoint_with_the_dsns_key(
     assert received.headers["user-agent"] == f"sentry.python/{sentry_sdk.VERSION}"
 
 
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_sending_does_not_go_through_the_sdks_http_client_instrumentation(
+    fake_sentry: FakeSentry,
+    tls_sentry: FakeSentry,
+    tls: Tls,
+    new_transport: TransportFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    scheme: str,
+) -> None:
+    """The stdlib integration wraps http.client's putrequest (a span and a breadcrumb per call),
+    and takes the transport's requests for the app's when the DSN names a port."""
+    import http.client
+
+    calls: list[str] = []
+    wrapped = http.client.HTTPConnection.putrequest
+
+    def counting(self: http.client.HTTPConnection, method: str, url: str, **kwargs: bool) -> None:
+        calls.append(url)
+        wrapped(self, method, url, **kwargs)
+
+    monkeypatch.setattr(http.client.HTTPConnection, "putrequest", counting)
+    server = fake_sentry if scheme == "http" else tls_sentry
+    transport = new_transport(server.dsn, ca_certs=str(tls.ca_file))
+    transport.capture_envelope(_event("sent"))
+    transport.flush(5)
+    assert server.messages() == ["sent"], "the envelope was not delivered"
+    assert calls == [], f"the transport's requests went through the wrapped putrequest: {calls}"
+    connection = http.client.HTTPConnection("127.0.0.1", fake_sentry.port)
+    connection.request("GET", "/app-call")
+    connection.close()
+    assert calls == ["/app-call"], "the check itself is broken: the app's request was not seen"
+
+
 def test_rate_limit_headers_are_read_per_category() -> None:
     limits = parse_rate_limits("60:transaction;span:key, 10::organization, junk, 5:error", 100.0)
     assert limits == {"transaction": 160.0, "span": 160.0, None: 110.0, "error": 105.0}
