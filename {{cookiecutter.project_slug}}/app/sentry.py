@@ -98,15 +98,18 @@ def init_sentry(settings: Settings, *, transport: "Transport | None" = None) -> 
     try:
         from app.sentry_integration.events import attach_log_handlers
         from app.sentry_integration.queries import instrument_queries
+        from app.sentry_integration.transactions import SENDER
 
         attach_log_handlers(event_level=logging.ERROR, breadcrumb_level=logging.INFO)
+        SENDER.fast = False
         if settings.sentry_traces_sample_rate > 0:
             instrument_queries()
+            SENDER.check()
         _use_spool(settings)
-    except Exception as error:  # reporting works; log events, query spans or the spool are missing
+    except Exception as error:  # reporting works; something around it is missing
         logger.error(
-            "Sentry is on, but without log events, query spans or the spool: setting them up "
-            "failed (%s: %s).",
+            "Sentry is on, but without log events, query spans, the fast path for transactions "
+            "or the spool: setting them up failed (%s: %s).",
             type(error).__name__,
             error,
         )

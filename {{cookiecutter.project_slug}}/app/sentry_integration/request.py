@@ -31,6 +31,7 @@ import sentry_sdk
 from sentry_sdk.integrations.asyncio import enable_asyncio_integration
 
 from app.sentry_integration.events import is_client_error, mark_unhandled, was_reported
+from app.sentry_integration.transactions import SENDER
 
 if TYPE_CHECKING:
     from sentry_sdk.types import Event, Hint
@@ -115,6 +116,8 @@ class SentryMiddleware:
                     route = _route_template(scope)
                     if route is not None and started.sampled:
                         sentry_sdk.get_current_scope().set_transaction_name(route, source="route")
+                    if started.sampled and SENDER.fast:  # before the SDK's exit would finish it
+                        transaction.finish(scope=SENDER)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, span: Any) -> None:
         async def send_and_watch(message: Message) -> None:
