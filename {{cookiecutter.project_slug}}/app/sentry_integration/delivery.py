@@ -60,6 +60,7 @@ from sentry_sdk.envelope import Envelope, Item, PayloadRef
 from sentry_sdk.transport import Transport
 from urllib3.util.ssl_ import create_urllib3_context  # urllib3.util's in 2.x, not in 1.26
 
+from app.sentry_integration.connection import BrokenConnectionError, ConnectError, DirectConnection
 from app.sentry_integration.spool import Spool, Spooled
 
 logger = logging.getLogger("app.sentry")
@@ -212,8 +213,9 @@ def tls_context(options: Mapping[str, Any]) -> ssl.SSLContext:
     Raises ValueError, naming the file, if the CA bundle or the certificate cannot be loaded.
     """
     bundle = ca_bundle(options)
-    # urllib3's own context: it checks host names itself where its version needs to (1.26).
+    # urllib3's own context; host names checked by it too, not only by urllib3 (connection.py).
     context = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
+    context.check_hostname = True
     try:
         if bundle is None:
             context.load_default_certs()
@@ -321,6 +323,16 @@ class HttpClient:
         self._pool = self._pool_manager(proxy, options, settings)
         if type(self._pool) in (urllib3.PoolManager, urllib3.ProxyManager):  # not SOCKS
             self._pool.pool_classes_by_scheme = {"http": _Pool, "https": _TlsPool}
+        self._direct: DirectConnection | None = None
+        if self.proxy is None:  # urllib3's general layers cost 15 times more (connection.py)
+            self._direct = DirectConnection(
+                endpoint.host,
+                endpoint.port,
+                f"{endpoint.path}api/{endpoint.project_id}/envelope/",
+                tls=settings.get("ssl_context"),
+                socket_options=settings["socket_options"],
+                timeout=timeout,
+            )
 
     def _pool_manager(
         self, proxy: str | None, options: Mapping[str, Any], settings: dict[str, Any]
@@ -359,6 +371,18 @@ class HttpClient:
 
     def post(self, body: bytes, headers: Mapping[str, str]) -> Answer:
         """Send one envelope; SendError (its message fit for the log) if no answer came."""
+        if self._direct is not None:
+            try:
+                reply = self._direct.post(body, headers)
+            except OSError as error:
+                raise SendError(describe_error(error, self)) from error
+            fields = reply.headers
+            return Answer(
+                reply.status,
+                fields.get("x-sentry-rate-limits"),
+                fields.get("retry-after"),
+                reply.reason,
+            )
         try:
             response = self._pool.request(
                 "POST",
@@ -379,6 +403,8 @@ class HttpClient:
         )
 
     def close(self) -> None:
+        if self._direct is not None:
+            self._direct.close()
         self._pool.clear()
 
 
@@ -420,13 +446,13 @@ def describe_error(error: BaseException, client: HttpClient) -> str:
     if any(isinstance(c, socket.gaierror) for c in causes):
         return f"cannot resolve the host of {origin}: {detail}"
     # Before the timeouts: urllib3's NewConnectionError is a ConnectTimeoutError too.
-    if isinstance(error, urllib3.exceptions.NewConnectionError) and not timed_out:
+    if isinstance(error, urllib3.exceptions.NewConnectionError | ConnectError) and not timed_out:
         return f"cannot connect to {origin}: {detail}"
     if timed_out or isinstance(error, urllib3.exceptions.TimeoutError):
         return f"no answer from {origin} within {client.timeout:g} s"
-    if isinstance(error, urllib3.exceptions.SSLError):
+    if isinstance(error, urllib3.exceptions.SSLError | ssl.SSLError):
         return f"TLS failed with {origin}: {detail}"
-    if isinstance(error, urllib3.exceptions.ProtocolError):
+    if isinstance(error, urllib3.exceptions.ProtocolError | BrokenConnectionError):
         return f"the connection to {origin} broke: {detail}"
     return f"{type(error).__name__}: {error}"
 
