@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(api_router)
 {%- if cookiecutter.include_sentry == "yes" %}
-    instrument_app(app, settings)
+    instrument_app(app, settings, engine=engine)
 {%- endif %}
     return app
 

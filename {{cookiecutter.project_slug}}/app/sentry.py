@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover - exercised by a test that hides the pac
 
 if TYPE_CHECKING:
     from sentry_sdk.transport import Transport
+    from sqlalchemy import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -97,19 +98,17 @@ def init_sentry(settings: Settings, *, transport: "Transport | None" = None) -> 
     logging.getLogger("sentry_sdk.errors").setLevel(logging.WARNING)
     try:
         from app.sentry_integration.events import attach_log_handlers
-        from app.sentry_integration.queries import instrument_queries
         from app.sentry_integration.transactions import SENDER
 
         attach_log_handlers(event_level=logging.ERROR, breadcrumb_level=logging.INFO)
         SENDER.fast = False
         if settings.sentry_traces_sample_rate > 0:
-            instrument_queries()
             SENDER.check()
         _use_spool(settings)
     except Exception as error:  # reporting works; something around it is missing
         logger.error(
-            "Sentry is on, but without log events, query spans, the fast path for transactions "
-            "or the spool: setting them up failed (%s: %s).",
+            "Sentry is on, but without log events, the fast path for transactions or the spool: "
+            "setting them up failed (%s: %s).",
             type(error).__name__,
             error,
         )
@@ -212,14 +211,23 @@ def propagation_targets(hosts: str) -> list[str]:
     ]
 
 
-def instrument_app(app: FastAPI, settings: Settings) -> None:
-    """Report the app's failed requests and trace a sample of them, if Sentry is on.
+def instrument_app(app: FastAPI, settings: Settings, engine: "Engine | None" = None) -> None:
+    """Report the app's failed requests and trace a sample of them, if Sentry is on; with tracing
+    on, `engine`'s queries become spans of the sampled ones.
 
     With Sentry off this adds nothing at all, so it costs requests nothing.
     """
     if not _state["on"]:
         return
     from app.sentry_integration.request import SentryMiddleware
+
+    if engine is not None and _state["tracing"]:
+        from app.sentry_integration.queries import instrument_queries
+
+        try:
+            instrument_queries(engine)
+        except Exception as error:  # traced requests lose their query spans, nothing more
+            logger.error("Sentry: query spans are off (%s: %s).", type(error).__name__, error)
 
     app.add_middleware(
         SentryMiddleware,

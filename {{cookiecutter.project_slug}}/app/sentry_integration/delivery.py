@@ -1,4 +1,4 @@
-"""Delivery of Sentry envelopes: urllib3 over one kept-alive connection, from a background thread.
+"""Delivery of Sentry envelopes over one kept-alive connection, from a background thread.
 
 Built on sentry-sdk's public `Transport` base class and on urllib3 (which the SDK depends on), for
 what the SDK's own transport does not do (docs/adr/0003):
@@ -20,7 +20,9 @@ what the SDK's own transport does not do (docs/adr/0003):
 What it keeps from the SDK's transport, through documented options only:
 
 - nothing is sent on the request path: `capture_envelope` only queues, up to the
-  `transport_queue_size` option; beyond that envelopes are dropped and counted;
+  `transport_queue_size` option; beyond that envelopes are dropped and counted. Transactions
+  linger in the queue (`LINGER_SECONDS`, `LINGER_ENVELOPES`) to be sent together; error events
+  are sent at once;
 - rate limits are honoured: `X-Sentry-Rate-Limits` per data category, `Retry-After` on 429;
 - TLS is always verified: against the `ca_certs` option (SENTRY_CA_CERTS) if set, else
   `SSL_CERT_FILE` or `REQUESTS_CA_BUNDLE` if set, else certifi's bundle, else the system's;
@@ -74,6 +76,11 @@ BACKOFF_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 60.0
 #: Without a Retry-After header, a 429 answer stops sending for this long (as the SDK does).
 DEFAULT_RETRY_AFTER_SECONDS = 60.0
+#: Transactions wait in the queue up to LINGER_SECONDS, or until LINGER_ENVELOPES are queued, and
+#: go together: waking the sending thread for each one cost more CPU than sending it. Anything
+#: else (an error event) is sent at once, with whatever waits before it; so is all at a flush.
+LINGER_SECONDS = 0.2
+LINGER_ENVELOPES = 16
 #: Bodies this large are gzipped (level 1); smaller ones fit in a few packets as they are.
 COMPRESS_FROM_BYTES = 4096
 #: Dropped envelopes because the queue is full are logged at most this often.
@@ -529,6 +536,8 @@ class SentryTransport(Transport):
         self._lost: defaultdict[tuple[str, str], int] = defaultdict(int)  # (category, reason)
         self._last_report = time.monotonic()
         self._report_now = False  # a flush asked for the client report
+        self._urgent = False  # the queue holds more than lingering transactions, or a flush came
+        self._oldest_at = 0.0  # when the oldest queued envelope was queued
 
     def use_spool(self, spool: Spool) -> bool:
         """Keep undeliverable error events in `spool`; returns False if its directory is unusable
@@ -567,7 +576,13 @@ class SentryTransport(Transport):
                 full = True
             else:
                 self._queue.append(envelope)
-                self._condition.notify()
+                if any(item.type != "transaction" for item in envelope.items):
+                    self._urgent = True
+                if len(self._queue) == 1:  # the thread may be waiting with no time limit
+                    self._oldest_at = time.monotonic()
+                    self._condition.notify()
+                elif self._urgent or len(self._queue) >= LINGER_ENVELOPES:
+                    self._condition.notify()
                 full = False
         if full:
             self._record_envelope("queue_overflow", envelope)
@@ -643,7 +658,7 @@ class SentryTransport(Transport):
             self._lost.clear()
         self._queue.clear()
         self._http.close()
-        self._busy = self._closing = self._report_now = False
+        self._busy = self._closing = self._report_now = self._urgent = False
         self._pid = os.getpid()
         self._thread = threading.Thread(target=self._run, name="sentry-transport", daemon=True)
         self._thread.start()
@@ -664,11 +679,15 @@ class SentryTransport(Transport):
     def _run(self) -> None:
         while True:
             with self._condition:
-                while not self._queue and not self._closing:
+                while not self._closing and not self._queue_due():
                     wait = self._idle_wait()
+                    if self._queue:  # transactions lingering
+                        linger = self._oldest_at + LINGER_SECONDS - time.monotonic()
+                        wait = linger if wait is None else min(wait, linger)
                     if wait is not None and wait <= 0:
                         break
                     self._condition.wait(wait)
+                self._urgent = bool(self._queue)  # once sending, the whole queue goes
                 if self._closing:
                     left = list(self._queue)
                     self._queue.clear()
@@ -676,6 +695,8 @@ class SentryTransport(Transport):
                     self._condition.notify_all()
                     break
                 envelope = self._queue.popleft() if self._queue else None
+                if not self._queue:
+                    self._urgent = False
                 self._busy = True
             try:
                 if envelope is not None:
@@ -705,6 +726,15 @@ class SentryTransport(Transport):
                 self._spool.report_drops()
         finally:
             self._http.close()
+
+    def _queue_due(self) -> bool:
+        """Whether the queue is to be sent now, not left to linger (see LINGER_SECONDS)."""
+        return bool(self._queue) and (
+            self._urgent
+            or self._report_now
+            or len(self._queue) >= LINGER_ENVELOPES
+            or time.monotonic() - self._oldest_at >= LINGER_SECONDS
+        )
 
     def _idle_wait(self) -> float | None:
         """Seconds until there is something to do without a new envelope; None: nothing."""
@@ -980,9 +1010,10 @@ class SentryTransport(Transport):
         with self._condition:
             if self._pid != os.getpid():
                 return  # nothing was queued or counted in this process
+            self._urgent = bool(self._queue)
             if self._reports_on and not self._closing:
                 self._report_now = True  # once the queue is sent: it may add to the counts
-                self._condition.notify_all()
+            self._condition.notify_all()
             waiting = len(self._queue) + self._busy
             if waiting and callback is not None:
                 callback(waiting, timeout)

@@ -296,6 +296,53 @@ def test_sending_does_not_go_through_the_sdks_http_client_instrumentation(
     assert calls == ["/app-call"], "the check itself is broken: the app's request was not seen"
 
 
+def _types(server: FakeSentry) -> list[str]:
+    """The type of each envelope received (each holds one event or transaction here)."""
+    return [
+        "transaction" if received.items("transaction") else "event"
+        for received in list(server.received)
+    ]
+
+
+def test_transactions_linger_to_go_together_and_an_error_event_takes_them_along(
+    fake_sentry: FakeSentry, new_transport: TransportFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(delivery, "LINGER_SECONDS", 30.0)
+    monkeypatch.setattr(delivery, "LINGER_ENVELOPES", 3)
+    transport = new_transport(fake_sentry.dsn)
+    transport.capture_envelope(_transaction())
+    transport.capture_envelope(_transaction())
+    time.sleep(0.3)  # what is being checked is that nothing happens meanwhile
+    assert fake_sentry.received == [], "a lone transaction was sent without lingering"
+    transport.capture_envelope(_event("urgent"))
+    wait_for(lambda: len(fake_sentry.received) == 3)
+    assert _types(fake_sentry) == ["transaction", "transaction", "event"], "order changed"
+    for _ in range(3):  # a full batch goes without waiting
+        transport.capture_envelope(_transaction())
+    wait_for(lambda: len(fake_sentry.received) == 6)
+
+
+def test_a_flush_sends_lingering_transactions_at_once(
+    fake_sentry: FakeSentry, new_transport: TransportFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(delivery, "LINGER_SECONDS", 30.0)
+    transport = new_transport(fake_sentry.dsn)
+    transport.capture_envelope(_transaction())
+    started = time.monotonic()
+    transport.flush(5)
+    assert len(fake_sentry.received) == 1, "the flush did not send the lingering transaction"
+    assert time.monotonic() - started < 5, "the flush waited for the linger"
+
+
+def test_a_lingering_transaction_goes_once_its_time_is_up(
+    fake_sentry: FakeSentry, new_transport: TransportFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(delivery, "LINGER_SECONDS", 0.3)
+    transport = new_transport(fake_sentry.dsn)
+    transport.capture_envelope(_transaction())
+    wait_for(lambda: len(fake_sentry.received) == 1, seconds=5)
+
+
 def test_rate_limit_headers_are_read_per_category() -> None:
     limits = parse_rate_limits("60:transaction;span:key, 10::organization, junk, 5:error", 100.0)
     assert limits == {"transaction": 160.0, "span": 160.0, None: 110.0, "error": 105.0}
