@@ -21,9 +21,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check hooks tests scripts benchmarks
 
 ## bench: what error tracking costs per request, yes against no, side by side (docs/performance.md):
-## CPU per request in-process first (INPROCESS_ARGS), then throughput and latency under load (ARGS)
+## CPU per request in-process, every process on one CPU (INPROCESS_ARGS), then with the scheduler
+## free (UNPINNED_ARGS), then throughput and latency under load (ARGS); each says which goals hold
 bench: $(STAMP)
 	$(PY) benchmarks/inprocess.py $(INPROCESS_ARGS)
+	$(PY) benchmarks/inprocess.py --no-pin --routes auth+db \
+		--configs "yes tracing off,stock init(dsn),stock traces 0.1" $(UNPINNED_ARGS)
 	$(PY) benchmarks/run.py $(ARGS)
 
 $(STAMP): requirements/test.txt

@@ -1,6 +1,7 @@
 """CPU per request, in-process: the `yes` variant's configurations against the `no` variant.
 
-    python benchmarks/inprocess.py [--rounds 3] [--routes trivial,auth+db,write] [--no-pin]
+    python benchmarks/inprocess.py [--rounds 5] [--routes trivial,auth+db,write] [--no-pin]
+        [--profile DIR]
     python benchmarks/inprocess.py --project-no DIR --project-yes DIR \\
         [--python-no PYTHON] [--python-yes PYTHON]
 
@@ -71,6 +72,19 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 WORK = REPO / ".cache" / "inprocess"
 ROUTES = ("trivial", "auth+db", "write")
+#: The goals (docs/performance.md): (route, configuration) -> the least median `x no`, with every
+#: process on one CPU (pinned) and with the scheduler free (not pinned).
+GOALS = {
+    "pinned": {
+        ("auth+db", "yes tracing off"): 0.98,
+        ("auth+db", "yes traces 0.1"): 0.95,
+        ("auth+db", "yes traces 1.0"): 0.75,
+        ("trivial", "yes tracing off"): 0.90,
+        ("trivial", "yes traces 0.1"): 0.65,
+        ("trivial", "yes traces 1.0"): 0.35,
+    },
+    "not pinned": {("auth+db", "yes tracing off"): 0.95},
+}
 WRITE_BODY = {"title": "bench row", "description": "written by benchmarks/inprocess.py"}
 
 
@@ -282,7 +296,7 @@ class Profiler:
         ]
         for key in ("tsub", "ttot"):
             lines.append(f"-- by {'own' if key == 'tsub' else 'inclusive'} time --")
-            for stat in sorted(functions, key=lambda s: getattr(s, key), reverse=True)[:400]:
+            for stat in sorted(functions, key=lambda s: getattr(s, key), reverse=True)[:150]:
                 where = f"{stat.module.split('site-packages/')[-1]}:{stat.lineno}"
                 lines.append(
                     f"{stat.tsub / requests * 1e6:8.1f} {stat.ttot / requests * 1e6:8.1f} "
@@ -553,7 +567,8 @@ def install_yappi(python: Path) -> None:
     found = subprocess.run([str(python), "-c", "import yappi"], capture_output=True, check=False)
     if found.returncode != 0:
         uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
-        subprocess.run([uv, "pip", "install", "--quiet", "--python", str(python), "yappi"], check=True)
+        command = [uv, "pip", "install", "--quiet", "--python", str(python), "yappi"]
+        subprocess.run(command, check=True)
 
 
 def git_state() -> str:
@@ -628,6 +643,7 @@ def print_table(
                 f"{statistics.median(wall):>7.0f} |"
             )
         print(rule)
+    print_goals(runs, args)
     per_route = [sizes(route, args) for route in routes]
     requests = sum(warmup + args.batches * size for warmup, size in per_route)
     requests += 1  # the row auth+db reads
@@ -654,6 +670,21 @@ def print_table(
         print(f"  {config.name}: " + "; ".join(bits))
         for line in info.get("log_head", []):
             print(f"      log: {line}")
+
+
+def print_goals(runs: dict[str, list[Run]], args: argparse.Namespace) -> None:
+    where = "pinned" if args.pin else "not pinned"
+    lines = []
+    for (route, name), least in GOALS[where].items():
+        if route not in args.routes or name not in runs:
+            continue
+        pairs = zip(runs["no"], runs[name], strict=True)
+        ratio = statistics.median(b.cpu_us[route] / r.cpu_us[route] for b, r in pairs)
+        verdict = "met" if ratio >= least else "NOT met"
+        lines.append(f"  {route:<8} {name:<16} x no {ratio:.2f}, goal {least:.2f}: {verdict}")
+    if lines:
+        print(f"\ngoals ({where}, median of the rounds' ratios):")
+        print("\n".join(lines))
 
 
 def measure(
@@ -724,7 +755,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batches", type=int, default=3, help="batches per route; best is kept")
     parser.add_argument("--batch-size", type=int, default=1000, help="requests, trivial route")
     parser.add_argument(

@@ -77,6 +77,14 @@ def configs() -> list[Config]:
     ]
 
 
+#: The goals under load (docs/performance.md): (configuration, route) -> (the least median
+#: `x no` of requests/s, the most p99 milliseconds added, or None).
+GOALS = {
+    ("yes, tracing off", "trivial"): (0.95, None),
+    ("yes, traces 0.1", "auth+db"): (0.95, 1.0),
+    ("yes, traces 0.1, Sentry down", "auth+db"): (None, 1.0),
+}
+
 ROUTES = {
     "trivial": ("/bench/ping", {}),
     "auth+db": ("/api/v1/items/{item_id}", {"Authorization": f"Bearer {TOKEN}"}),
@@ -326,6 +334,17 @@ def print_table(results: Results, args: argparse.Namespace) -> None:
                 f"{ratio:>5.2f} | {median([s.p50_ms for s in samples]):>6.2f} | "
                 f"{median([s.p99_ms for s in samples]):>6.2f} | {added:>+7.2f} |"
             )
+    print("\ngoals (medians of the rounds' ratios and differences):")
+    for (name, route), (least, most_ms) in GOALS.items():
+        samples, bases = results.load[name, route], results.load[base, route]
+        ratio = median([s.rps / b.rps for s, b in zip(samples, bases, strict=True)])
+        added = median([s.p99_ms - b.p99_ms for s, b in zip(samples, bases, strict=True)])
+        checks = []
+        if least is not None:
+            checks.append(f"x no {ratio:.2f}, goal {least:.2f}: {_verdict(ratio >= least)}")
+        if most_ms is not None:
+            checks.append(f"p99 {added:+.2f} ms, goal < {most_ms:g}: {_verdict(added < most_ms)}")
+        print(f"  {name:<30} {route:<8} " + "; ".join(checks))
     print(
         f"\n| {'configuration':<30} | {'start-up ms':>11} | {'x no':>5} | {'RSS MiB':>7} | "
         f"{'x no':>5} |"
@@ -341,6 +360,10 @@ def print_table(results: Results, args: argparse.Namespace) -> None:
             f"| {config.name:<30} | {median(startup):>11.0f} | {startup_ratio:>5.2f} | "
             f"{median(rss):>7.1f} | {rss_ratio:>5.2f} |"
         )
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "NOT met"
 
 
 def in_project(project: Path, venv: Path, script: str, *args: str) -> str:
