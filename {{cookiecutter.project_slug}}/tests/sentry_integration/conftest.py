@@ -32,15 +32,22 @@ DSN = "http://public@127.0.0.1:9/1"
 
 
 class CapturingTransport(Transport):
-    """Keeps every envelope, serialized as it would go over the wire."""
+    """Keeps every envelope, serialized as it would go over the wire, and counts lost events."""
 
     def __init__(self) -> None:
         super().__init__({"dsn": DSN})  # the client takes the DSN's public key from here
         self.payloads: list[bytes] = []
         self.flushes = 0
+        self.lost: dict[tuple[str, str], int] = {}  # {(reason, category): quantity}
 
     def capture_envelope(self, envelope: Envelope) -> None:
         self.payloads.append(envelope.serialize())
+
+    def record_lost_event(
+        self, reason: str, data_category: Any = None, item: Any = None, *, quantity: int = 1
+    ) -> None:
+        category = str(item.data_category if item is not None else data_category)
+        self.lost[reason, category] = self.lost.get((reason, category), 0) + quantity
 
     def flush(self, timeout: float, callback: Any = None) -> None:
         self.flushes += 1

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 import sentry_sdk
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.testclient import TestClient
+from sentry_sdk.envelope import Envelope
 
 from app import sentry
 from app.core.config import Settings
@@ -409,3 +411,72 @@ def test_probe_requests_and_start_up_logs_stay_out_of_other_requests_events(
     assert "scraper" not in event.get("tags", {}), event.get("tags")
     crumbs = [crumb.get("message") for crumb in event.get("breadcrumbs", {}).get("values", [])]
     assert crumbs == [], f"another request's or the server's log lines: {crumbs}"
+
+
+def _draw(monkeypatch: pytest.MonkeyPatch, value: float) -> None:
+    """Make the middleware's random draw for a new trace `value`."""
+    monkeypatch.setattr("app.sentry_integration.request.random.random", lambda: value)
+
+
+def _sampled_out(transport: CapturingTransport) -> dict[str, int]:
+    """{category: quantity} of what the transport was told was lost to sampling."""
+    return {
+        category: quantity
+        for (reason, category), quantity in transport.lost.items()
+        if reason == "sample_rate"
+    }
+
+
+def test_a_new_trace_the_middleware_samples_carries_the_rate_that_applied(
+    client_for: Any, transport: CapturingTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _draw(monkeypatch, 0.1)  # under the rate: sampled
+    client = client_for(0.25)
+    assert client.get("/orders/7").status_code == 200, "the traced request failed"
+    sentry_sdk.flush(timeout=2)
+    transactions = transport.items("transaction")
+    assert len(transactions) == 1, f"expected one transaction, got {len(transactions)}"
+    envelopes = [Envelope.deserialize(payload) for payload in transport.payloads]
+    headers = [
+        envelope.headers
+        for envelope in envelopes
+        if any(item.type == "transaction" for item in envelope.items)
+    ]
+    assert len(headers) == 1, f"expected one transaction envelope, got headers {headers}"
+    trace = headers[0].get("trace", {})
+    assert trace.get("sample_rate") == "0.25", f"not the rate that applied: {trace}"
+    assert trace.get("sampled") == "true", f"a sampled trace not marked sampled: {trace}"
+    assert trace.get("trace_id") == transactions[0]["contexts"]["trace"]["trace_id"], trace
+    assert _sampled_out(transport) == {}, f"a sampled request was counted as sampled out: {trace}"
+
+
+def test_a_new_trace_the_middleware_samples_out_is_counted_and_errors_keep_a_trace(
+    client_for: Any, transport: CapturingTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _draw(monkeypatch, 0.9)  # over the rate: not sampled
+    client = client_for(0.25)
+    assert client.get("/orders/7").status_code == 200, "the unsampled request failed"
+    assert client.post("/orders/9/fail").status_code == 500, "the failing route did not fail"
+    sentry_sdk.flush(timeout=2)
+    transactions = transport.items("transaction")
+    assert transactions == [], f"unsampled requests sent {len(transactions)} transactions"
+    lost = _sampled_out(transport)
+    assert lost.get("transaction") == 2, f"two requests sampled out, Sentry was told {lost}"
+    assert lost.get("span"), f"a sampled-out transaction's span was not counted: {lost}"
+    events = transport.events
+    assert len(events) == 1, f"the unsampled request's error: {len(events)} events, not one"
+    trace_id = events[0].get("contexts", {}).get("trace", {}).get("trace_id", "")
+    assert re.fullmatch(r"[0-9a-f]{32}", trace_id), f"the error has no trace id: {trace_id!r}"
+
+
+def test_with_tracing_off_nothing_is_counted_as_sampled_out(
+    client_for: Any, transport: CapturingTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _draw(monkeypatch, 0.9)
+    client = client_for(0.0)
+    assert client.get("/orders/7").status_code == 200, "the request failed"
+    assert client.post("/orders/9/fail").status_code == 500, "the failing route did not fail"
+    sentry_sdk.flush(timeout=2)
+    assert len(transport.events) == 1, f"the error was not reported: {len(transport.events)}"
+    lost = _sampled_out(transport)
+    assert lost == {}, f"with tracing off, requests were counted as sampled out: {lost}"
