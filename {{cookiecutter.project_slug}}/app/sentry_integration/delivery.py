@@ -744,13 +744,14 @@ class SentryTransport(Transport):
         return min(waits, default=None)
 
     def _spool_wait(self) -> float | None:
-        """Seconds until the spool is due to be looked at; None without a spool."""
+        """Seconds until the spool is due to be looked at (`_send_spooled` would do something);
+        None without a spool. Never before a back-off or a rate limit ends."""
         if self._spool is None:
             return None
-        now = time.monotonic()
-        if self._backlog:
-            return max(0.0, self._retry_at - now, self._resume_at - now)
-        return max(0.0, self._next_scan - now)
+        due = max(self._retry_at, self._resume_at)
+        if not self._backlog:
+            due = max(due, self._next_scan)
+        return max(0.0, due - time.monotonic())
 
     def _report_wait(self) -> float | None:
         """Seconds until a client report is due; None: nothing to report, or not now."""

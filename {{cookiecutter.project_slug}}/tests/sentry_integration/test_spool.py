@@ -115,6 +115,32 @@ def test_undelivered_events_are_kept_and_sent_in_order_once_sentry_answers(
     assert delivered == [1, 2, 3, 4, 5, 6, 7], f"not each once and in order: {delivered}"
 
 
+def test_while_backing_off_from_a_server_that_is_down_the_thread_sleeps(
+    new_transport: TransportFactory,
+    spool_dir: Path,
+    down_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It once looked at the spool's clock, not the back-off's, and spun for the whole back-off:
+    a core's worth of CPU and the GIL taken from the requests whenever Sentry was down."""
+    monkeypatch.setattr(delivery, "BACKOFF_SECONDS", 30.0)
+    transport = new_transport(down_dsn)
+    assert transport.use_spool(_spool(spool_dir))
+    looks: list[float] = []
+    idle_wait = transport._idle_wait
+
+    def counted() -> float | None:
+        looks.append(time.monotonic())
+        return idle_wait()
+
+    monkeypatch.setattr(transport, "_idle_wait", counted)
+    transport.capture_envelope(_event(1))
+    wait_for(lambda: _files(spool_dir))  # the send failed and the back-off began
+    before = len(looks)
+    time.sleep(0.5)  # what is checked is how often the thread wakes meanwhile
+    assert len(looks) - before < 5, f"the thread woke {len(looks) - before} times in 0.5 s"
+
+
 def test_a_restarted_process_sends_what_the_previous_one_kept(
     fake_sentry: FakeSentry, new_transport: TransportFactory, spool_dir: Path, down_dsn: str
 ) -> None:
