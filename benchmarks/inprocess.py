@@ -27,7 +27,8 @@ Routes: `trivial` is `GET /bench/ping` (an async route added here, returning a d
 file); `write` is an authenticated `POST /api/v1/items` with a JSON body (one row inserted). Each
 run gets a fresh copy of a database migrated with `alembic upgrade head`, on a tmpfs by default
 (--db-dir).
-Configurations: `no`; `yes` with SENTRY_DSN pointing at a sink on loopback (benchmarks/sink.py,
+Configurations: `no`; `yes` without a DSN (Sentry off: what the project's own code costs); `yes`
+with SENTRY_DSN pointing at a sink on loopback (benchmarks/sink.py,
 one per run, so that its envelope count is the run's) and tracing off, 0.1 and 1.0 (profiling off);
 "stock": `sentry_sdk.init(dsn=...)` with the SDK's defaults before the app is imported, the
 project's own set-up off (SENTRY_DSN empty, SENTRY_TRACES_SAMPLE_RATE=0), with
@@ -374,6 +375,7 @@ def configs() -> list[Config]:
     stock = {"SENTRY_DSN": "", "SENTRY_TRACES_SAMPLE_RATE": "0", "SENTRY_PROFILES_SAMPLE_RATE": "0"}
     return [
         Config("no", "no"),
+        Config("yes no DSN", "yes", {"SENTRY_DSN": ""}),
         Config("yes tracing off", "yes", ours("0")),
         Config("yes traces 0.1", "yes", ours("0.1"), traced=0.1),
         Config("yes traces 1.0", "yes", ours("1.0"), traced=1.0),
