@@ -25,7 +25,7 @@ lint: $(STAMP)
 ## free (UNPINNED_ARGS), then throughput and latency under load (ARGS); each says which goals hold
 bench: $(STAMP)
 	$(PY) benchmarks/inprocess.py $(INPROCESS_ARGS)
-	$(PY) benchmarks/inprocess.py --no-pin --routes auth+db \
+	$(PY) benchmarks/inprocess.py --no-pin --routes auth+db --rounds 10 \
 		--configs "yes tracing off,stock init(dsn),stock traces 0.1" $(UNPINNED_ARGS)
 	$(PY) benchmarks/run.py $(ARGS)
 
