@@ -97,7 +97,10 @@ def main() -> int:
 
     port = free_port()
     sink = subprocess.Popen(
-        [sys.executable, str(HERE / "sink.py"), str(port)], stdout=subprocess.PIPE, text=True
+        [sys.executable, str(HERE / "sink.py"), str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     try:
         assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
