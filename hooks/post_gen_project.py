@@ -27,6 +27,8 @@ ANSWERS_JSON = r"""{{ cookiecutter | tojson }}"""
 TEMPLATE_SYNTAX = re.compile(r"\{\{|\{%|%\}|\{#")
 # GitHub Actions expressions look like Jinja but belong in workflow files.
 ACTIONS_EXPRESSION = re.compile(r"\$\{\{.*?\}\}")
+#: The answers a user writes: a project without Sentry may still be named or described after it.
+OWN_ANSWERS = ("project_name", "project_slug", "description", "author_name", "author_email")
 #: variable -> files and directories of the generated project that exist only when it is "yes".
 OPTIONAL_FILES: dict[str, list[str]] = {
     "include_sentry": [
@@ -84,17 +86,32 @@ def template_debris(root: Path) -> list[str]:
     return found
 
 
-def mentions(root: Path, word: str) -> list[str]:
-    """Files whose name or text mentions `word`, ignoring case."""
+def own_words(answers: dict[str, object]) -> list[str]:
+    """The user's own answers, lower-cased (the slug also with '_'), longest first."""
+    words = set()
+    for field in OWN_ANSWERS:
+        value = str(answers.get(field) or "").lower()
+        if value:
+            words.update((value, value.replace("-", "_")))
+    return sorted(words, key=len, reverse=True)
+
+
+def mentions(root: Path, word: str, ignore: list[str] | None = None) -> list[str]:
+    """Files whose name or text mentions `word`, ignoring case and the strings in `ignore` (the
+    user's own answers: what the template writes is checked, not what the user wrote)."""
     word = word.lower()
+
+    def says(text: str) -> bool:
+        text = text.lower()
+        for own in ignore or ():
+            text = text.replace(own, " ")
+        return word in text
+
     found = []
     for path in project_files(root):
         relative = str(path.relative_to(root))
-        if word in relative.lower():
-            found.append(relative)
-            continue
         try:
-            if word in path.read_text(encoding="utf-8").lower():
+            if says(relative) or says(path.read_text(encoding="utf-8")):
                 found.append(relative)
         except UnicodeDecodeError:
             continue
@@ -117,9 +134,28 @@ def check(root: Path, answers: dict[str, object], manifest: dict[str, list[str]]
             topic = variable.removeprefix("include_")
             problems += [
                 f"{where} mentions {topic!r} although {variable}=no"
-                for where in mentions(root, topic)
+                for where in mentions(root, topic, own_words(answers))
             ]
     return problems
+
+
+def next_steps(root: Path, answers: dict[str, object]) -> str:
+    """What to do after generating: the generated README's quick start, and Sentry's check."""
+    lines = [
+        f"Generated {answers.get('project_name')} in {root}. Next:",
+        f"  cd {root}",
+        '  python -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]"',
+        "  alembic upgrade head          # the tables (a SQLite file by default)",
+        "  uvicorn app.main:app --reload # http://127.0.0.1:8000/docs",
+        "  pytest                        # the tests",
+    ]
+    if answers.get("include_sentry") == "yes":
+        lines += [
+            "Sentry: put your project's DSN in .env (cp .env.example .env; SENTRY_DSN=...), then",
+            "  python -m app.sentry check    # sends one test event and says if it was accepted",
+        ]
+    lines.append("README.md says more.")
+    return "\n".join(lines)
 
 
 def main(root: Path | None = None) -> int:
@@ -136,6 +172,7 @@ def main(root: Path | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    print(next_steps(root, answers))
     return 0
 
 

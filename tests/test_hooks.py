@@ -19,6 +19,7 @@ GOOD_ANSWERS = {
     "author_name": "Ada",
     "author_email": "ada@example.com",
     "include_sentry": "no",
+    "_cookiecutter": COOKIECUTTER_JSON,  # as cookiecutter hands it to the hooks
 }
 
 
@@ -52,6 +53,13 @@ def test_every_problem_is_listed() -> None:
     answers = {**GOOD_ANSWERS, "project_slug": "X", "include_sentry": "sure", "description": ""}
     found = pre.problems(answers)
     assert len(found) == 3, found
+
+
+def test_the_choices_come_from_cookiecutter_json() -> None:
+    allowed = pre.choices(GOOD_ANSWERS)
+    assert allowed == {"include_sentry": ("no", "yes")}, allowed
+    message = pre.check_choice("include_sentry", "sure", allowed["include_sentry"])
+    assert message and "'sure'" in message and "no, yes" in message, message
 
 
 def test_pre_main_reports_and_fails(
@@ -104,6 +112,29 @@ def test_mentions_look_at_names_and_text(tmp_path: Path) -> None:
     assert post.mentions(tmp_path, "sentry") == ["README.md", "app/sentry_extra.py"]
 
 
+def test_the_users_own_answers_are_not_mentions(tmp_path: Path) -> None:
+    answers = {
+        "include_sentry": "no",
+        "project_name": "Sentry Relay Proxy",
+        "project_slug": "sentry-relay-proxy",
+        "description": "Forwards Sentry webhooks to chat.",
+    }
+    make_tree(
+        tmp_path,
+        {
+            "pyproject.toml": (
+                'name = "sentry-relay-proxy"\ndescription = "Forwards Sentry webhooks to chat."\n'
+            ),
+            "README.md": "# Sentry Relay Proxy\n\nDATABASE_URL=sqlite:///./sentry_relay_proxy.db\n",
+            "app/main.py": "import sentry_sdk\n",
+        },
+    )
+    no = post.check(tmp_path, answers, MANIFEST)
+    assert no == ["app/main.py mentions 'sentry' although include_sentry=no"], (
+        f"the user's answers were taken for the template's mentions, or a real one was missed: {no}"
+    )
+
+
 def test_check_reports_missing_and_leftover_files(tmp_path: Path) -> None:
     make_tree(tmp_path, {"app/sentry.py": "import sentry_sdk\n", "tests/sentry/t.py": ""})
     yes = post.check(tmp_path, {"include_sentry": "yes"}, MANIFEST)
@@ -149,3 +180,19 @@ def test_no_private_variable_reaches_the_recorded_answers() -> None:
     """cruft copies every cookiecutter.json variable into each project's `.cruft.json`."""
     private = [name for name in COOKIECUTTER_JSON if name.startswith("_") and name != "__prompts__"]
     assert not private, f"private variables {private} would be recorded in every project's answers"
+
+
+@pytest.mark.parametrize("include_sentry", ["no", "yes"])
+def test_next_steps_follow_the_readme(tmp_path: Path, include_sentry: str) -> None:
+    answers = {**GOOD_ANSWERS, "include_sentry": include_sentry}
+    steps = post.next_steps(tmp_path / "my-service", answers)
+    for command in (
+        f"cd {tmp_path / 'my-service'}",
+        "pip install -e",
+        "alembic upgrade head",
+        "uvicorn",
+        "pytest",
+    ):
+        assert command in steps, f"{command!r} missing from:\n{steps}"
+    mentions_check = "python -m app.sentry check" in steps
+    assert mentions_check == (include_sentry == "yes"), f"include_sentry={include_sentry}:\n{steps}"
