@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from pathlib import Path
 
 # Rendered by cookiecutter; left as raw Jinja when this module is imported by the tests.
 ANSWERS_JSON = r"""{{ cookiecutter | tojson }}"""
@@ -18,7 +19,6 @@ ANSWERS_JSON = r"""{{ cookiecutter | tojson }}"""
 SLUG_PATTERN = re.compile(r"^[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*$")
 SLUG_MAX_LENGTH = 64
 EMAIL_PATTERN = re.compile(r"^[^@\s\"\\]+@[^@\s\"\\]+\.[^@\s\"\\]+$")
-CHOICES = {"include_sentry": ("no", "yes")}
 # Free-text answers are written into Python strings, TOML and Markdown.
 TEXT_FIELDS = ("project_name", "description", "author_name")
 FORBIDDEN_TEXT = re.compile(r'["\\\n\r\t]|\{\{|\{%')
@@ -63,11 +63,35 @@ def check_choice(field: str, value: str, allowed: tuple[str, ...]) -> str | None
     return None
 
 
-def problems(answers: dict[str, str]) -> list[str]:
+def choices(answers: dict[str, object]) -> dict[str, tuple[str, ...]]:
+    """The choice variables and their allowed values, as the template's cookiecutter.json lists
+    them: the one place they are written. Cookiecutter refuses another value given on its command
+    line itself; this catches one from a replay file or a project's recorded answers (cruft)."""
+    template = answers.get("_cookiecutter")
+    if not isinstance(template, dict):
+        repo = answers.get("_repo_dir")
+        config = Path(str(repo), "cookiecutter.json") if repo else None
+        if config is None or not config.is_file():
+            return {}
+        template = json.loads(config.read_text(encoding="utf-8"))
+    return {
+        str(name): tuple(str(option) for option in value)
+        for name, value in template.items()
+        if isinstance(value, list) and not str(name).startswith("_")
+    }
+
+
+def problems(answers: dict[str, object]) -> list[str]:
     """Every problem with `answers`, as messages that name the value and what is allowed."""
-    found = [check_slug(answers["project_slug"]), check_email(answers.get("author_email", ""))]
-    found += [check_text(field, answers.get(field, "")) for field in TEXT_FIELDS]
-    found += [check_choice(field, answers[field], allowed) for field, allowed in CHOICES.items()]
+    found = [
+        check_slug(str(answers["project_slug"])),
+        check_email(str(answers.get("author_email", ""))),
+    ]
+    found += [check_text(field, str(answers.get(field, ""))) for field in TEXT_FIELDS]
+    found += [
+        check_choice(field, str(answers.get(field)), allowed)
+        for field, allowed in choices(answers).items()
+    ]
     return [message for message in found if message]
 
 
