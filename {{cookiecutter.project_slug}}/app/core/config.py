@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     secret_key: SecretStr = SecretStr(DEVELOPMENT_SECRET_KEY)
     access_token_algorithm: Literal["HS256"] = "HS256"  # noqa: S105 - a name, not a secret
 
+    cors_origins: str = ""  # origins a browser may call the API from, comma-separated; empty: none
+    trusted_proxies: str = ""  # proxies whose X-Forwarded-* headers are believed; empty: none
+
     @field_validator("secret_key", mode="before")
     @classmethod
     def _empty_secret_key_means_unset(cls, value: object) -> object:
@@ -78,6 +81,14 @@ class Settings(BaseSettings):
 {%- endif %}
 
     @property
+    def cors_origin_list(self) -> list[str]:
+        return _split(self.cors_origins)
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        return _split(self.trusted_proxies)
+
+    @property
     def json_logs(self) -> bool:
         """Whether log records are written as one JSON object per line."""
         if self.log_format == "auto":
@@ -97,6 +108,10 @@ class Settings(BaseSettings):
             )
             raise ValueError(msg)
         return self
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 def _may_echo(field_name: str) -> bool:

@@ -1,4 +1,5 @@
-"""Logging set-up: readable lines in development, one JSON object per line elsewhere."""
+"""Logging set-up: readable lines in development, one JSON object per line elsewhere; each line
+carries the id of the request that wrote it (`request_id`, "-" outside a request)."""
 
 import json
 import logging
@@ -7,12 +8,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.core.config import Settings
+from app.core.request_id import RequestIdFilter
 
 # Attributes every LogRecord has; anything else was passed through `extra=` and is kept in JSON.
 _STANDARD_ATTRIBUTES = frozenset(
     logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys() | {"message", "asctime"}
 )
-_TEXT_FORMAT = "%(asctime)s %(levelname)-8s %(name)s: %(message)s"
+_TEXT_FORMAT = "%(asctime)s %(levelname)-8s [%(request_id)s] %(name)s: %(message)s"
 # Server loggers that install handlers of their own; they go through the root logger instead.
 _SERVER_LOGGERS = (
     "uvicorn",
@@ -53,6 +55,7 @@ def configure_logging(settings: Settings) -> None:
     """Send every log record, the server's included, to stderr in the configured format."""
     handler = _OwnHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if settings.json_logs else logging.Formatter(_TEXT_FORMAT))
+    handler.addFilter(RequestIdFilter())  # every line says which request wrote it
 
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _OwnHandler)]:

@@ -6,7 +6,8 @@ service's throughput with tracing off (docs/adr/0003). For each HTTP or WebSocke
 middleware does only what cannot wait:
 
 - an isolation scope of its own, forked from the server's (without its breadcrumbs), so that
-  user, tenant, tags and breadcrumbs stay with their request (probe paths get one too);
+  user, tenant, tags and breadcrumbs stay with their request (probe paths get one too), tagged
+  with the request's id (`app/core/request_id.py`);
 - the request's trace: the caller's (`sentry-trace`, `baggage`) or a new one;
 - with tracing on, a transaction that the SDK samples (`sentry_sdk.start_transaction`); the
   sampling rule is `sample_rate`, used by `init_sentry`'s `traces_sampler`;
@@ -30,6 +31,7 @@ from urllib.parse import parse_qsl
 import sentry_sdk
 from sentry_sdk.integrations.asyncio import enable_asyncio_integration
 
+from app.core.request_id import current_request_id
 from app.sentry_integration.events import is_client_error, mark_unhandled, was_reported
 from app.sentry_integration.transactions import SENDER
 
@@ -78,6 +80,9 @@ class SentryMiddleware:
         with sentry_sdk.isolation_scope() as sentry_scope:
             sentry_sdk.get_current_scope().span = None  # nothing of the server's own context
             sentry_scope.clear_breadcrumbs()  # nor the server's start-up log lines
+            request_id = current_request_id()
+            if request_id is not None:  # joins the request's events with its log lines
+                sentry_scope.set_tag("request_id", request_id)
             body = _BodyCopy(receive) if has_body and kind == "http" else None
             receive = body.receive if body is not None else receive
             sentry_scope.add_event_processor(_request_processor(scope, body))

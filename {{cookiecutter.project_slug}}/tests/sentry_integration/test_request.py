@@ -211,7 +211,8 @@ def test_server_error_answers_are_reported_and_still_answered(
 def test_with_sentry_off_the_app_gets_no_middleware(settings: Settings) -> None:
     app = create_app(settings)
     sentry.instrument_app(app, settings)
-    assert app.user_middleware == [], app.user_middleware
+    added = [getattr(m.cls, "__name__", str(m.cls)) for m in app.user_middleware]
+    assert "SentryMiddleware" not in added, added
 
 
 def test_envelopes_carry_the_dsn_public_key_for_trace_sampling(
@@ -226,6 +227,22 @@ def test_envelopes_carry_the_dsn_public_key_for_trace_sampling(
     assert len(contexts) == 3, f"expected two transactions and an error with a trace: {headers}"
     keys = {context.get("public_key") for context in contexts}
     assert keys == {"public"}, f"the scrubber must leave the DSN's public key for Sentry: {keys}"
+
+
+def test_events_and_transactions_carry_the_requests_id(
+    client_for: Any, transport: CapturingTransport
+) -> None:
+    """The tag joins an issue in Sentry with the request's log lines (and its X-Request-ID)."""
+    client = client_for(1.0)
+    read = client.get("/orders/7", headers={"X-Request-ID": "read-1"})
+    failed = client.post("/orders/7/fail", json={})
+    assert (read.status_code, failed.status_code) == (200, 500)
+    sentry_sdk.flush(timeout=2)
+    transactions = {t["request"]["method"]: t for t in transport.items("transaction")}
+    assert transactions["GET"]["tags"].get("request_id") == "read-1", transactions["GET"]["tags"]
+    assert transactions["POST"]["tags"].get("request_id") == failed.headers["x-request-id"]
+    (error,) = transport.items("event")
+    assert error["tags"].get("request_id") == failed.headers["x-request-id"], error["tags"]
 
 
 @pytest.mark.parametrize("registered", ["before", "after"])
