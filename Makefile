@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum requirements/test.txt | cut -d' ' -f1)
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench lock clean
 
 ## demo: generate a service with Sentry, run it, cause an error and show the captured event
 demo: $(STAMP)
@@ -28,6 +28,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/inprocess.py --no-pin --routes auth+db --rounds 10 \
 		--configs "yes tracing off,stock init(dsn),stock traces 0.1" $(UNPINNED_ARGS)
 	$(PY) benchmarks/run.py $(ARGS)
+
+## lock: refresh the generated projects' uv.lock (both variants) after changing their dependencies
+lock: $(STAMP)
+	$(PY) scripts/lock.py
 
 $(STAMP): requirements/test.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11 or newer is needed: run make PYTHON=python3.11 ..." or 0)'

@@ -144,7 +144,7 @@ def next_steps(root: Path, answers: dict[str, object]) -> str:
     lines = [
         f"Generated {answers.get('project_name')} in {root}. Next:",
         f"  cd {root}",
-        '  python -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]"',
+        "  uv sync --locked --extra dev && . .venv/bin/activate   # the locked versions",
         "  alembic upgrade head          # the tables (a SQLite file by default)",
         "  uvicorn app.main:app --reload # http://127.0.0.1:8000/docs",
         "  pytest                        # the tests",

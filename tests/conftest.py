@@ -42,7 +42,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @dataclass(frozen=True)
 class InstalledProject:
-    """A generated project installed with `pip install -e ".[dev]"` in its own environment."""
+    """A generated project installed from its lock (`uv sync --locked`) in its own environment."""
 
     variant: Variant
     path: Path

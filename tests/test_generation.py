@@ -172,3 +172,21 @@ def test_sentry_release_job_runs_only_when_configured(project: Path, variant: Va
     release = work[-1]
     assert release["uses"].startswith("getsentry/action-release@"), release
     assert release["with"]["release"] == "${{ github.sha }}", release
+
+
+@by_id
+def test_the_lock_matches_the_declared_dependencies(project: Path, variant: Variant) -> None:
+    """uv.lock is what generated projects install (README, CI, these tests): it must still
+    resolve from pyproject.toml as it is, or `uv sync --locked` refuses to install."""
+    assert (project / "uv.lock").is_file(), "no uv.lock in the generated project"
+    result = subprocess.run(
+        [sys.executable, "-m", "uv", "lock", "--locked", "--directory", str(project)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, (
+        f"uv.lock no longer matches pyproject.toml ({variant.id}): run `make lock`.\n"
+        f"{result.stderr[-2000:]}"
+    )

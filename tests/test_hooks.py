@@ -188,7 +188,7 @@ def test_next_steps_follow_the_readme(tmp_path: Path, include_sentry: str) -> No
     steps = post.next_steps(tmp_path / "my-service", answers)
     for command in (
         f"cd {tmp_path / 'my-service'}",
-        "pip install -e",
+        "uv sync --locked",
         "alembic upgrade head",
         "uvicorn",
         "pytest",

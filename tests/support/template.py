@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -73,22 +74,14 @@ def baked_project(output_dir: Path, answers: dict[str, str]) -> Path:
 
 
 def install_project(project: Path, venv: Path) -> None:
-    """`pip install -e ".[dev]"` into `venv` (made if missing), by uv with its shared cache."""
-
-    def uv(*arguments: str) -> None:
-        command = [sys.executable, "-m", "uv", *arguments]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
-
-    if not (venv / "bin" / "python").exists():
-        uv("venv", "--quiet", "--python", sys.executable, str(venv))
-    uv(
-        "pip",
-        "install",
-        "--quiet",
-        "--python",
-        str(venv / "bin" / "python"),
-        "-e",
-        f"{project}[dev]",
+    """Install the project into `venv` exactly as its lock says, dev tools included (`uv sync
+    --locked`, which fails if the lock no longer matches pyproject.toml), with uv's shared cache."""
+    command = [sys.executable, "-m", "uv", "sync", "--locked", "--extra", "dev", "--quiet"]
+    command += ["--directory", str(project), "--python", sys.executable]
+    environment = {**os.environ, "UV_PROJECT_ENVIRONMENT": str(venv)}
+    environment.pop("VIRTUAL_ENV", None)
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, check=False, env=environment
     )
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
