@@ -17,8 +17,8 @@ test: $(STAMP)
 
 ## lint: ruff over the hooks, tests, scripts and benchmarks of the template itself
 lint: $(STAMP)
-	$(VENV)/bin/ruff check hooks tests scripts benchmarks
-	$(VENV)/bin/ruff format --check hooks tests scripts benchmarks
+	$(VENV)/bin/ruff check hooks tests scripts benchmarks local_extensions.py
+	$(VENV)/bin/ruff format --check hooks tests scripts benchmarks local_extensions.py
 
 ## bench: what error tracking costs per request, yes against no, side by side (docs/performance.md):
 ## CPU per request in-process, every process on one CPU (INPROCESS_ARGS), then with the scheduler

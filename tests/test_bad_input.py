@@ -18,6 +18,9 @@ REFUSED = [
     pytest.param({"project_slug": "svc--api"}, "project_slug 'svc--api'", id="slug-double-dash"),
     pytest.param({"project_slug": "svc-"}, "project_slug 'svc-'", id="slug-trailing-dash"),
     pytest.param({"project_slug": "my.svc"}, "project_slug 'my.svc'", id="slug-dot"),
+    pytest.param({"project_slug": "a/b"}, "project_slug 'a/b' is not allowed", id="slug-path"),
+    pytest.param({"project_slug": "a\\b"}, "project_slug 'a\\\\b'", id="slug-backslash"),
+    pytest.param({"project_slug": ".."}, "project_slug '..' is not allowed", id="slug-parent"),
     pytest.param({"project_slug": "s" * 65}, "at most 64", id="slug-too-long"),
     pytest.param({"author_email": "nobody"}, "author_email 'nobody'", id="email-no-at"),
     pytest.param({"author_email": "a@b"}, "author_email 'a@b'", id="email-no-domain"),
@@ -34,7 +37,8 @@ def test_bad_answer_is_refused_and_leaves_nothing(
 ) -> None:
     result = bake(output_dir, answers)
     assert result.returncode != 0, f"{answers} was accepted"
-    assert message in result.stderr, f"expected {message!r} in:\n{result.stderr}"
+    said = result.stderr + result.stdout  # cookiecutter says some refusals on stdout
+    assert message in said, f"expected {message!r} in:\n{said}"
     leftovers = list(output_dir.iterdir())
     assert leftovers == [], f"a refused generation left {leftovers}"
 
