@@ -158,16 +158,7 @@ def test_the_dockerfiles_commands_install_migrate_and_serve_as_a_non_root_user(
     runs = [rest for word, rest in build if word == "RUN"]
     assert runs and all(run.startswith("uv sync --locked") for run in runs), runs
     for run in runs:
-        result = subprocess.run(
-            [*prefix, *shlex.split(run)],
-            cwd=source,
-            env=build_env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        assert result.returncode == 0, f"{run} failed:\n{result.stderr[-3000:]}"
+        succeeds([*prefix, *shlex.split(run)], source, build_env)
     assert not (venv / "bin" / "pytest").exists(), "the image's environment holds dev tools"
 
     # The final stage's environment, the migrate command of compose.yaml, then the CMD.
@@ -188,16 +179,7 @@ def test_the_dockerfiles_commands_install_migrate_and_serve_as_a_non_root_user(
         run_env["SENTRY_SPOOL_DIR"] = str(spool)
     compose = yaml.safe_load((project / "compose.yaml").read_text())
     migrate = compose["services"]["migrate"]["command"]
-    result = subprocess.run(
-        [*prefix, *migrate],
-        cwd=service,
-        env=run_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, f"{migrate} failed:\n{result.stderr[-3000:]}"
+    succeeds([*prefix, *migrate], service, run_env)
     (command,) = [yaml.safe_load(rest) for word, rest in final if word == "CMD"]
     port = free_port()
     command = [f"127.0.0.1:{port}" if part == "0.0.0.0:8000" else part for part in command]
@@ -213,6 +195,13 @@ def test_the_dockerfiles_commands_install_migrate_and_serve_as_a_non_root_user(
         server.terminate()
         server.wait(timeout=30)
         log.close()
+
+
+def succeeds(command: list[str], cwd: Path, env: dict[str, str]) -> None:
+    result = subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert result.returncode == 0, f"{shlex.join(command)} failed:\n{result.stderr[-3000:]}"
 
 
 def _wait_for(url: str, server: subprocess.Popen[bytes], log: Path) -> int:

@@ -58,22 +58,30 @@ def test_with_tracing_on_the_check_passes_and_the_fast_path_is_on(
     assert transport.payloads == [], "the check sent something"
 
 
-def test_a_sampled_request_goes_the_fast_path_with_everything_the_sdk_would_send(
-    sentry_settings: Settings, transport: CapturingTransport, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    app = _traced_app(sentry_settings, transport)
-    fast: list[str] = []
+@pytest.fixture
+def encoded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the transactions the fast path encodes from now on (the start-up check's
+    included)."""
+    names: list[str] = []
     encode = transactions.encode
 
     def spy(event: Any) -> bytes:
-        fast.append(event["transaction"])
+        names.append(event["transaction"])
         return encode(event)
 
     monkeypatch.setattr(transactions, "encode", spy)
+    return names
+
+
+def test_a_sampled_request_goes_the_fast_path_with_everything_the_sdk_would_send(
+    sentry_settings: Settings, transport: CapturingTransport, encoded: list[str]
+) -> None:
+    app = _traced_app(sentry_settings, transport)
+    encoded.clear()  # the start-up check's
     with TestClient(app) as client:
         assert client.get("/orders/7").status_code == 200
     sentry_sdk.flush(timeout=2)
-    assert fast == ["/orders/{order_id}"], f"not sent by the fast path: {fast}"
+    assert encoded == ["/orders/{order_id}"], f"not sent by the fast path: {encoded}"
     headers, event = _transaction_envelope(transport)
     assert headers["trace"]["trace_id"] == event["contexts"]["trace"]["trace_id"], headers
     assert headers["trace"]["sample_rate"] == "1.0", headers
@@ -123,7 +131,7 @@ def _all_transactions(transport: CapturingTransport) -> list[tuple[Any, dict[str
 
 
 def test_a_transaction_with_extra_takes_the_sdks_path(
-    sentry_settings: Settings, transport: CapturingTransport, monkeypatch: pytest.MonkeyPatch
+    sentry_settings: Settings, transport: CapturingTransport, encoded: list[str]
 ) -> None:
     app = _traced_app(sentry_settings, transport)
 
@@ -132,14 +140,7 @@ def test_a_transaction_with_extra_takes_the_sdks_path(
         sentry_sdk.set_extra("big", {str(n): n for n in range(20)})  # the SDK trims it to 10
         return {"ok": True}
 
-    encoded: list[str] = []
-    encode = transactions.encode
-
-    def spy(event: Any) -> bytes:
-        encoded.append(event["transaction"])
-        return encode(event)
-
-    monkeypatch.setattr(transactions, "encode", spy)
+    encoded.clear()  # the start-up check's
     with TestClient(app) as client:
         assert client.get("/with-extra").status_code == 200
     sentry_sdk.flush(timeout=2)
