@@ -87,9 +87,10 @@ def test_sampled_requests_are_transactions_named_by_route(
     client = client_for(1.0)
     assert client.get("/orders/7").status_code == 200
     assert client.get("/health").status_code == 200
+    assert client.get("/ready").status_code == 200
     assert client.get("/fan-out").status_code == 200
     sentry_sdk.flush(timeout=2)
-    transactions = {t["transaction"]: t for t in transport.items("transaction")}
+    transactions = {t["transaction"]: t for t in transport.items("transaction")}  # no probes
     assert sorted(transactions) == ["/fan-out", "/orders/{order_id}"], sorted(transactions)
     order = transactions["/orders/{order_id}"]
     assert order["transaction_info"]["source"] == "route", order["transaction_info"]
