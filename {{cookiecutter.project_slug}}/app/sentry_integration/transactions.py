@@ -130,7 +130,12 @@ class TransactionSender(sentry_sdk.Scope):
             event = kept
         trace = (event.get("contexts") or {}).get("trace") or {}
         sampling = trace.pop("dynamic_sampling_context", None)
-        payload = encode(event)
+        try:
+            payload = encode(event)
+        except (TypeError, ValueError):  # a value json cannot take as it is: the SDK's path can
+            if sampling is not None:
+                trace["dynamic_sampling_context"] = sampling
+            return NotImplemented
         headers: dict[str, Any] = {"event_id": event_id, "sent_at": _timestamp(datetime.now(UTC))}
         if sampling:
             headers["trace"] = sampling

@@ -2,6 +2,7 @@
 envelope as the SDK's own path, a check at start-up, and the SDK's path whenever it cannot."""
 
 import json
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -147,6 +148,28 @@ def test_a_transaction_with_extra_takes_the_sdks_path(
     assert encoded == [], "a transaction with extra went the fast path"
     _, event = _transaction_envelope(transport)
     assert len(event["extra"]["big"]) == 10, "the SDK's path did not trim it"
+
+
+def test_a_value_json_cannot_encode_takes_the_sdks_path_for_that_transaction_only(
+    sentry_settings: Settings, transport: CapturingTransport, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = _traced_app(sentry_settings, transport)
+
+    @app.get("/priced")
+    async def priced() -> dict[str, bool]:
+        with sentry_sdk.start_span(op="price") as span:
+            span.set_data("amount", Decimal("1.50"))  # the SDK's serializer writes its repr
+        return {"ok": True}
+
+    with TestClient(app) as client:
+        assert client.get("/priced").status_code == 200
+    sentry_sdk.flush(timeout=2)
+    headers, event = _transaction_envelope(transport)
+    (price,) = [span for span in event["spans"] if span["op"] == "price"]
+    assert price["data"]["amount"] in ("1.50", "Decimal('1.50')"), price["data"]
+    assert headers["trace"]["trace_id"] == event["contexts"]["trace"]["trace_id"], headers
+    assert SENDER.fast, "one odd value switched the fast path off for good"
+    assert not [r for r in caplog.records if "fast path" in r.getMessage()], "logged as a bug"
 
 
 def test_if_the_check_finds_a_difference_the_fast_path_stays_off_and_the_log_says_where(
