@@ -74,7 +74,7 @@ class DirectConnection:
         except BaseException:
             self.close()
             raise
-        if not keep:
+        if not keep or self._buffer:  # bytes past the answer: nothing asked for them
             self.close()
         return reply
 

@@ -192,8 +192,15 @@ def _client(port: int, **options: object) -> HttpClient:
             2,
         ),
         (b"HTTP/1.0 200 OK\r\n\r\n{}", True, Answer(200, reason="OK"), 2),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}junk", False, Answer(200, reason="OK"), 2),
     ],
-    ids=["content-length", "chunked-429-with-limits", "connection-close", "http-1.0-no-length"],
+    ids=[
+        "content-length",
+        "chunked-429-with-limits",
+        "connection-close",
+        "http-1.0-no-length",
+        "bytes-past-the-answer",
+    ],
 )
 def test_answers_are_read_whole_and_the_connection_kept_when_it_may_be(
     raw_server: type[RawServer], raw: bytes, closes: bool, expected: Answer, connections: int
