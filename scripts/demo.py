@@ -60,9 +60,7 @@ def install(project: Path) -> Path:
 
 def describe(event: dict[str, object], token: str, raw: bytes) -> None:
     exception = event["exception"]["values"][-1]  # type: ignore[index]
-    frames = [
-        f for f in exception["stacktrace"]["frames"] if f.get("module", "").startswith("app.")
-    ]
+    frames = [f for f in exception["stacktrace"]["frames"] if f.get("in_app")]  # the culprit's
     request = event.get("request", {})
     rows = [
         ("exception", f"{exception['type']}: {exception['value'].splitlines()[0]}"),

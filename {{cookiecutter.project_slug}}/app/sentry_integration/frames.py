@@ -80,6 +80,18 @@ def _source_context(path: str, lineno: int) -> dict[str, Any]:
     }
 
 
+#: This integration's own frames are not the service's code (`in_app_include` covers all of `app`).
+_OWN_PACKAGE = "app.sentry_integration."
+
+
+def _not_the_services(entry: dict[str, Any]) -> bool:
+    """Frames the SDK marks in-app that are not the service's code, and must not be an error's
+    culprit: this integration's (its query wrapper sits under every query), and code without a
+    source file (`<sqlalchemy generated ...>`, which the SDK takes for a file in the project)."""
+    module = str(entry.get("module") or "")
+    return module.startswith(_OWN_PACKAGE) or str(entry.get("filename") or "").startswith("<")
+
+
 def _stack_frames(event: "Event") -> Iterator[dict[str, Any]]:
     for value in (event.get("exception") or {}).get("values") or []:
         yield from ((value.get("stacktrace") or {}).get("frames")) or []
@@ -95,6 +107,8 @@ def add_app_frame_detail(event: "Event", error: BaseException | None) -> None:
         return
     frames = _frames_by_location(error)
     for entry in _stack_frames(event):
+        if _not_the_services(entry):
+            entry["in_app"] = False
         if not entry.get("in_app"):
             continue
         path, lineno, function = entry.get("abs_path"), entry.get("lineno"), entry.get("function")

@@ -3,8 +3,9 @@
 from typing import Any
 
 import sentry_sdk
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 
 from app import sentry
 from app.core.config import Settings
@@ -120,3 +121,27 @@ def test_a_logged_exception_that_was_reported_is_not_sent_again(
         crumb["message"] for crumb in transport.events[1].get("breadcrumbs", {}).get("values", [])
     ]
     assert "Exception in ASGI application" not in crumbs, f"the reported error left {crumbs}"
+
+
+def test_a_failed_query_is_blamed_on_the_route_not_on_the_query_wrapper(
+    sentry_settings: Settings, transport: CapturingTransport
+) -> None:
+    """With tracing on, the query wrapper and SQLAlchemy's generated code (which the SDK takes
+    for a file of the project) sit under every query: neither may be the event's culprit."""
+    traced = sentry_settings.model_copy(update={"sentry_traces_sample_rate": 1.0})
+    app: FastAPI = create_app(traced)
+    assert sentry.init_sentry(traced, transport=transport)
+
+    @app.get("/missing-table")
+    def missing_table(request: Request) -> None:
+        with request.app.state.session_factory() as session:
+            session.execute(text("SELECT * FROM no_such_table"))
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.get("/missing-table").status_code == 500
+    sentry_sdk.flush(timeout=2)
+    (event,) = transport.events
+    culprit = [frame for frame in _frames(event) if frame.get("in_app")][-1]
+    assert culprit["function"] == "missing_table", (culprit.get("module"), culprit["function"])
+    wrapper = [f for f in _frames(event) if f.get("module") == "app.sentry_integration.queries"]
+    assert wrapper and not any(f.get("in_app") for f in wrapper), wrapper
